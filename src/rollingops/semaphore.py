@@ -1,0 +1,166 @@
+"""A fair, fenced semaphore of size k on etcd (k = 1 is a mutex).
+
+Recipe: each contender puts ``<waiters>/<lease-id>`` bound to its lease. Contenders are ordered
+by the key's create revision; the first k hold. A waiter at position i >= k watches the k keys
+just ahead of it (only deletions) and re-reads when one goes: a deletion further ahead cannot
+make it a holder, since the k keys ahead of it stay the same. No polling, no thundering herd
+for k = 1, FIFO by construction.
+
+The fencing token is the holder key's create revision: etcd revisions only grow, and holders are
+granted in create-revision order, so tokens strictly increase per domain. A protected resource
+that remembers the highest token it has seen can refuse a stale holder.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from .etcd_client import Compare, EtcdClient, EventKind, KeyValue, Op, WatchBrokenError
+from .lease import Lease, LeaseLostError
+
+_WAKE_INTERVAL = 0.2
+"""How often a waiting ``acquire`` looks at its local cancel flag and lease (no etcd request)."""
+
+
+class AcquireCancelledError(Exception):
+    """``acquire`` was told to stop waiting."""
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A key in the waiters list: its owner and its place in the order."""
+
+    owner: str
+    token: int
+    holding: bool
+
+
+class FairSemaphore:
+    """k holders at most among every contender on ``waiters_prefix``, first come first served."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        waiters_prefix: str,
+        capacity: int,
+        lease: Lease,
+        owner: str,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self._client = client
+        self._prefix = client.check_key(waiters_prefix)
+        self.capacity = capacity
+        self._lease = lease
+        self._owner = owner
+        self.key = f"{waiters_prefix}{lease.id:016x}"
+        self.token: int | None = None
+
+    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> int:
+        """Wait for a slot; return the fencing token.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds (the waiter key is removed, so the
+        place in the queue is given up), ``AcquireCancelledError`` when ``cancel`` is set, and
+        ``LeaseLostError`` when the lease is lost while waiting.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            view = self._enter()
+            while True:
+                token = self._holding_token(view.kvs)
+                if token is not None:
+                    self.token = token
+                    return token
+                self._wait_for_deletion(view.kvs, view.revision, deadline, cancel)
+                view = self._client.get_prefix(self._prefix)
+        except BaseException:
+            self._leave()
+            raise
+
+    def release(self) -> None:
+        """Give the slot (or the place in the queue) back at once."""
+        self.token = None
+        self._client.delete(self.key)
+
+    def is_held(self) -> bool:
+        """Whether this contender still holds: it has a token and its lease is alive."""
+        if self.token is None:
+            return False
+        try:
+            self._lease.check()
+        except LeaseLostError:
+            self.token = None
+            return False
+        return True
+
+    def contenders(self) -> list[Contender]:
+        """Everyone in the domain, in grant order: holders first, then the queue."""
+        kvs = self._client.get_prefix(self._prefix).kvs
+        return [
+            Contender(kv.value.decode(), kv.create_revision, index < self.capacity)
+            for index, kv in enumerate(kvs)
+        ]
+
+    def _enter(self) -> _View:
+        """Put our waiter key if it is not there yet and read the queue, in one transaction."""
+        read = Op.get_prefix(self._prefix)
+        result = self._client.txn(
+            compare=[Compare.missing(self.key)],
+            success=[Op.put(self.key, self._owner.encode(), self._lease.id), read],
+            failure=[read],
+        )
+        return _View(result.ranges[0], result.revision)
+
+    def _holding_token(self, kvs: list[KeyValue]) -> int | None:
+        position = self._position(kvs)
+        return kvs[position].create_revision if position < self.capacity else None
+
+    def _position(self, kvs: list[KeyValue]) -> int:
+        for index, kv in enumerate(kvs):
+            if kv.key == self.key:
+                return index
+        self._lease.check()
+        raise LeaseLostError(f"waiter key {self.key} vanished")
+
+    def _wait_for_deletion(
+        self,
+        kvs: list[KeyValue],
+        revision: int,
+        deadline: float | None,
+        cancel: threading.Event | None,
+    ) -> None:
+        """Block until one of the k keys ahead of us is deleted, or the watch breaks."""
+        position = self._position(kvs)
+        ahead = [kv.key for kv in kvs[position - self.capacity : position]]
+        with self._client.watch(ahead, start_revision=revision + 1, deletes_only=True) as stream:
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise AcquireCancelledError
+                self._lease.check()
+                wait = _WAKE_INTERVAL
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise TimeoutError(f"lock not acquired within the timeout ({self.key})")
+                try:
+                    events = stream.next(timeout=wait)
+                except WatchBrokenError:
+                    return
+                if events and any(event.kind is EventKind.DELETE for event in events):
+                    return
+
+    def _leave(self) -> None:
+        """Remove our waiter key after a failed acquire, if etcd can be reached at all."""
+        self.token = None
+        try:
+            self._client.delete(self.key)
+        except Exception:
+            return
+
+
+@dataclass(frozen=True)
+class _View:
+    kvs: list[KeyValue]
+    revision: int

@@ -1,0 +1,46 @@
+"""What a worker needs to know, written by the charm as one JSON file per unit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .etcd_client import EtcdSettings
+
+UnitName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*/[0-9]+$", max_length=128)]
+HookName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
+DomainName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+class WorkerConfig(BaseModel):
+    """Settings of one unit's worker; every path in it is specific to that unit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    unit: UnitName
+    charm_dir: Path
+    etcd: EtcdSettings
+    domain: DomainName = "default"
+    lease_ttl: Annotated[int, Field(ge=2, le=3600)] = 30
+    """Seconds after which a dead worker's lock is free again."""
+    max_concurrent: Annotated[int, Field(ge=1, le=1000)] = 1
+    state_dir: Path
+    """Holds the unit's worker log; created 0700."""
+    hook_runner: Path = Path("/usr/bin/juju-exec")
+    lock_granted_hook: HookName = "rollingops-lock-granted"
+    etcd_failed_hook: HookName = "rollingops-etcd-failed"
+    failure_deadline: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Seconds etcd may stay unreachable before the worker fires the failure hook and exits."""
+    hook_timeout: Annotated[float, Field(gt=0, le=3600)] = 600.0
+
+    @classmethod
+    def load(cls, path: Path) -> WorkerConfig:
+        """Read and validate a config file."""
+        return cls.model_validate_json(path.read_bytes())
+
+    @property
+    def log_file(self) -> Path:
+        """The unit's structured (JSON lines) worker log."""
+        return self.state_dir / "worker.log"
