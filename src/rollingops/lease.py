@@ -66,6 +66,8 @@ class Lease:
             except EtcdError as error:
                 logger.warning("lease %x keep-alive failed: %s", self.id, error)
                 continue
+            except ValueError:  # the client was closed under us: nobody needs the lease now
+                return
             if remaining <= 0:
                 self._mark_lost("expired in etcd")
                 return

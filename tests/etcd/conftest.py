@@ -1,0 +1,201 @@
+"""Helpers for engine tests on real etcd: settings, contender processes, worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testbed.etcd import EtcdCluster
+
+from rollingops.etcd_client import EtcdClient, EtcdSettings
+from rollingops.models import Operation, UnitQueue, utcnow
+from rollingops.store import OperationStore, waiters_prefix
+from rollingops.worker_config import WorkerConfig
+
+HERE = Path(__file__).parent
+DOMAIN = "default"
+
+
+def settings_for(cluster: EtcdCluster, **overrides: Any) -> EtcdSettings:
+    """Client settings of the application identity the test bed provisioned."""
+    return EtcdSettings(
+        endpoints=cluster.endpoints,
+        ca_file=cluster.ca_file,
+        cert_file=cluster.client_cert_file,
+        key_file=cluster.client_key_file,
+        prefix=cluster.prefix,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def client(etcd: EtcdCluster) -> Iterator[EtcdClient]:
+    with EtcdClient(settings_for(etcd)) as etcd_client:
+        yield etcd_client
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Poll a local condition (not etcd timing) until it holds; fail the test otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what or condition}")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Contender:
+    """A ``lock_client.py`` process and what it printed."""
+
+    process: subprocess.Popen[str]
+    owner: str
+    lines: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
+
+    def events(self) -> list[dict[str, Any]]:
+        """Everything printed so far (non-blocking once the process has exited)."""
+        return self.lines
+
+    def wait(self, timeout: float = 60) -> list[dict[str, Any]]:
+        out, _ = self.process.communicate(timeout=timeout)
+        self.lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return self.lines
+
+
+@pytest.fixture
+def contenders(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Callable[..., Contender]]:
+    """Start lock-client processes on ``etcd``; all are killed at teardown."""
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(settings_for(etcd).model_dump_json())
+    started: list[Contender] = []
+
+    def start(owner: str, capacity: int = 1, ttl: int = 5, hold: float = 0.0) -> Contender:
+        argv = [
+            sys.executable, str(HERE / "lock_client.py"), "--settings", str(settings_file),
+            "--waiters", waiters_prefix(etcd.prefix, DOMAIN), "--owner", owner,
+            "--capacity", str(capacity), "--ttl", str(ttl), "--hold", str(hold),
+        ]  # fmt: skip
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        contender = Contender(process, owner)
+        started.append(contender)
+        return contender
+
+    yield start
+    for contender in started:
+        if contender.process.poll() is None:
+            contender.process.send_signal(signal.SIGCONT)
+            contender.process.kill()
+        contender.process.communicate(timeout=10)
+
+
+@dataclass
+class WorkerFarm:
+    """Worker processes of several units sharing one etcd, with a fake juju-exec."""
+
+    cluster: EtcdCluster
+    root: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(
+        default_factory=dict[str, "subprocess.Popen[bytes]"]
+    )
+
+    @property
+    def record_file(self) -> Path:
+        return self.root / "juju-exec.jsonl"
+
+    def config(self, unit: str, **overrides: Any) -> WorkerConfig:
+        runner = self.root / "juju-exec"
+        if not runner.exists():
+            runner.write_text(
+                f'#!/bin/sh\nexec {sys.executable} {HERE / "fake_juju_exec.py"} "$@"\n'
+            )
+            runner.chmod(0o755)
+        values: dict[str, Any] = {
+            "unit": unit,
+            "charm_dir": self.root / "charm",
+            "etcd": settings_for(self.cluster),
+            "state_dir": self.root / "state" / unit.replace("/", "-"),
+            "hook_runner": runner,
+            "lease_ttl": 3,
+            "failure_deadline": 3.0,
+            **overrides,
+        }
+        return WorkerConfig(**values)
+
+    def start(self, unit: str, **overrides: Any) -> subprocess.Popen[bytes]:
+        config = self.config(unit, **overrides)
+        configs = self.root / "configs"
+        configs.mkdir(exist_ok=True)
+        path = configs / f"{unit.replace('/', '-')}.json"
+        path.write_text(config.model_dump_json())
+        env = {
+            **os.environ,
+            "FAKE_JUJU_RECORD": str(self.record_file),
+            "FAKE_JUJU_CONFIGS": str(configs),
+            "JUJU_CONTEXT_ID": "must-be-removed",
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rollingops.worker", "--config", str(path)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        self.processes[unit] = process
+        return process
+
+    def log(self, unit: str) -> list[dict[str, Any]]:
+        return read_jsonl(self.root / "state" / unit.replace("/", "-") / "worker.log")
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.record_file)
+
+    def store(self, client: EtcdClient, unit: str) -> OperationStore:
+        return OperationStore(client, self.cluster.prefix, DOMAIN, unit)
+
+    def enqueue(self, client: EtcdClient, unit: str, *operations: Operation) -> None:
+        def add(queue: UnitQueue) -> UnitQueue:
+            for operation in operations:
+                queue = queue.enqueue(operation)
+            return queue
+
+        self.store(client, unit).update(add)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+            process.wait(timeout=10)
+
+
+def operation(op_id: str, callback: str = "restart", **kwargs: Any) -> Operation:
+    return Operation(id=op_id, callback=callback, kwargs=kwargs, requested_at=utcnow())
+
+
+@pytest.fixture
+def farm(etcd: EtcdCluster, tmp_path: Path) -> Iterator[WorkerFarm]:
+    workers = WorkerFarm(etcd, tmp_path / "farm")
+    workers.root.mkdir()
+    yield workers
+    workers.stop_all()
+
+
+@pytest.fixture
+def cluster_farm(etcd_cluster: EtcdCluster, tmp_path: Path) -> Iterator[WorkerFarm]:
+    workers = WorkerFarm(etcd_cluster, tmp_path / "farm")
+    workers.root.mkdir()
+    yield workers
+    workers.stop_all()
