@@ -136,21 +136,31 @@ class WorkerFarm:
         }
         return WorkerConfig(**values)
 
-    def start(self, unit: str, **overrides: Any) -> subprocess.Popen[bytes]:
+    @property
+    def configs(self) -> Path:
+        return self.root / "configs"
+
+    def write_config(self, unit: str, **overrides: Any) -> WorkerConfig:
+        """Write the unit's config where the fake juju-exec finds it."""
         config = self.config(unit, **overrides)
-        configs = self.root / "configs"
-        configs.mkdir(exist_ok=True)
-        path = configs / f"{unit.replace('/', '-')}.json"
-        path.write_text(config.model_dump_json())
-        env = {
-            **os.environ,
+        self.configs.mkdir(exist_ok=True)
+        (self.configs / f"{unit.replace('/', '-')}.json").write_text(config.model_dump_json())
+        return config
+
+    def env(self) -> dict[str, str]:
+        """What the fake juju-exec needs, plus a hook context id the worker must drop."""
+        return {
             "FAKE_JUJU_RECORD": str(self.record_file),
-            "FAKE_JUJU_CONFIGS": str(configs),
+            "FAKE_JUJU_CONFIGS": str(self.configs),
             "JUJU_CONTEXT_ID": "must-be-removed",
         }
+
+    def start(self, unit: str, **overrides: Any) -> subprocess.Popen[bytes]:
+        self.write_config(unit, **overrides)
+        path = self.configs / f"{unit.replace('/', '-')}.json"
         process = subprocess.Popen(
             [sys.executable, "-m", "rollingops.worker", "--config", str(path)],
-            env=env,
+            env={**os.environ, **self.env()},
             stdin=subprocess.DEVNULL,
         )
         self.processes[unit] = process
