@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +106,12 @@ class Worker:
         token = self._acquire()
         if token is None:
             return
-        change = (
-            (lambda q: q.regrant(token, utcnow()))
-            if grant
-            else (lambda q: q.claim(token, utcnow()))
-        )
+
+        def change(queue: UnitQueue) -> UnitQueue:
+            if grant is not None:
+                return queue.regrant(token, utcnow())
+            return queue.claim(token, utcnow())
+
         snapshot = self._write(change, snapshot)
         assert snapshot.queue.current is not None  # noqa: S101 - just written
         op = snapshot.queue.current.operation
@@ -202,7 +204,9 @@ class Worker:
             self._watch = self.store.watch(self._snapshot)
         return self._snapshot
 
-    def _write(self, change: Any, known: QueueSnapshot) -> QueueSnapshot:
+    def _write(
+        self, change: Callable[[UnitQueue], UnitQueue], known: QueueSnapshot
+    ) -> QueueSnapshot:
         self._snapshot = self.store.update(change, known)
         return self._snapshot
 
@@ -301,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     config = WorkerConfig.load(args.config)
     configure_logging(config)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     return Worker(config, stop).run()
 
 
