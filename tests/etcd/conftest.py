@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,26 +14,14 @@ from typing import Any
 
 import pytest
 from testbed.etcd import EtcdCluster
+from testbed.workers import DOMAIN, WorkerFarm, operation, read_jsonl, settings_for
 
-from rollingops.etcd_client import EtcdClient, EtcdSettings
-from rollingops.models import Operation, UnitQueue, utcnow
-from rollingops.store import OperationStore, waiters_prefix
-from rollingops.worker_config import WorkerConfig
+from rollingops.etcd_client import EtcdClient
+from rollingops.store import waiters_prefix
+
+__all__ = ["DOMAIN", "WorkerFarm", "operation", "read_jsonl", "settings_for", "wait_until"]
 
 HERE = Path(__file__).parent
-DOMAIN = "default"
-
-
-def settings_for(cluster: EtcdCluster, **overrides: Any) -> EtcdSettings:
-    """Client settings of the application identity the test bed provisioned."""
-    return EtcdSettings(
-        endpoints=cluster.endpoints,
-        ca_file=cluster.ca_file,
-        cert_file=cluster.client_cert_file,
-        key_file=cluster.client_key_file,
-        prefix=cluster.prefix,
-        **overrides,
-    )
 
 
 @pytest.fixture
@@ -51,12 +38,6 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = 
             return value
         time.sleep(0.05)
     pytest.fail(f"timed out waiting for {what or condition}")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @dataclass
@@ -101,98 +82,6 @@ def contenders(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Callable[..., Cont
             contender.process.send_signal(signal.SIGCONT)
             contender.process.kill()
         contender.process.communicate(timeout=10)
-
-
-@dataclass
-class WorkerFarm:
-    """Worker processes of several units sharing one etcd, with a fake juju-exec."""
-
-    cluster: EtcdCluster
-    root: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(
-        default_factory=dict[str, "subprocess.Popen[bytes]"]
-    )
-
-    @property
-    def record_file(self) -> Path:
-        return self.root / "juju-exec.jsonl"
-
-    def config(self, unit: str, **overrides: Any) -> WorkerConfig:
-        runner = self.root / "juju-exec"
-        if not runner.exists():
-            runner.write_text(
-                f'#!/bin/sh\nexec {sys.executable} {HERE / "fake_juju_exec.py"} "$@"\n'
-            )
-            runner.chmod(0o755)
-        values: dict[str, Any] = {
-            "unit": unit,
-            "charm_dir": self.root / "charm",
-            "etcd": settings_for(self.cluster),
-            "state_dir": self.root / "state" / unit.replace("/", "-"),
-            "hook_runner": runner,
-            "lease_ttl": 3,
-            "failure_deadline": 3.0,
-            **overrides,
-        }
-        return WorkerConfig(**values)
-
-    @property
-    def configs(self) -> Path:
-        return self.root / "configs"
-
-    def write_config(self, unit: str, **overrides: Any) -> WorkerConfig:
-        """Write the unit's config where the fake juju-exec finds it."""
-        config = self.config(unit, **overrides)
-        self.configs.mkdir(exist_ok=True)
-        (self.configs / f"{unit.replace('/', '-')}.json").write_text(config.model_dump_json())
-        return config
-
-    def env(self) -> dict[str, str]:
-        """What the fake juju-exec needs, plus a hook context id the worker must drop."""
-        return {
-            "FAKE_JUJU_RECORD": str(self.record_file),
-            "FAKE_JUJU_CONFIGS": str(self.configs),
-            "JUJU_CONTEXT_ID": "must-be-removed",
-        }
-
-    def start(self, unit: str, **overrides: Any) -> subprocess.Popen[bytes]:
-        self.write_config(unit, **overrides)
-        path = self.configs / f"{unit.replace('/', '-')}.json"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "rollingops.worker", "--config", str(path)],
-            env={**os.environ, **self.env()},
-            stdin=subprocess.DEVNULL,
-        )
-        self.processes[unit] = process
-        return process
-
-    def log(self, unit: str) -> list[dict[str, Any]]:
-        return read_jsonl(self.root / "state" / unit.replace("/", "-") / "worker.log")
-
-    def records(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.record_file)
-
-    def store(self, client: EtcdClient, unit: str) -> OperationStore:
-        return OperationStore(client, self.cluster.prefix, DOMAIN, unit)
-
-    def enqueue(self, client: EtcdClient, unit: str, *operations: Operation) -> None:
-        def add(queue: UnitQueue) -> UnitQueue:
-            for operation in operations:
-                queue = queue.enqueue(operation)
-            return queue
-
-        self.store(client, unit).update(add)
-
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.kill()
-            process.wait(timeout=10)
-
-
-def operation(op_id: str, callback: str = "restart", **kwargs: Any) -> Operation:
-    return Operation(id=op_id, callback=callback, kwargs=kwargs, requested_at=utcnow())
 
 
 @pytest.fixture

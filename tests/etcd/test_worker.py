@@ -18,7 +18,7 @@ from rollingops.worker import Worker
 
 HOSTILE_KWARGS: dict[str, Any] = {
     "spaces": "a b  c",
-    "quotes": "it's \"quoted\" `tick`",
+    "quotes": 'it\'s "quoted" `tick`',
     "flag": "--lease=1",
     "newlines": "line1\nline2\r\n",
     "unicode": "héllo ✓ 日本 \u0000",

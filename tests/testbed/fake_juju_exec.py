@@ -31,14 +31,22 @@ def record(**fields: object) -> None:
 
 
 def play_charm(unit: str) -> None:
-    config = WorkerConfig.load(Path(os.environ["FAKE_JUJU_CONFIGS"]) / f"{unit.replace('/', '-')}.json")
+    config = WorkerConfig.load(
+        Path(os.environ["FAKE_JUJU_CONFIGS"]) / f"{unit.replace('/', '-')}.json"
+    )
     with EtcdClient(config.etcd) as client:
         store = OperationStore(client, config.etcd.prefix, config.domain, unit)
         grant = store.load().queue.current
         assert grant is not None
         op = grant.operation
-        record(unit=unit, event="start", op=op.id, token=grant.token, attempt=op.attempt,
-               kwargs=op.kwargs)
+        record(
+            unit=unit,
+            event="start",
+            op=op.id,
+            token=grant.token,
+            attempt=op.attempt,
+            kwargs=op.kwargs,
+        )
         time.sleep(float(op.kwargs.get("hold", 0)))  # type: ignore[arg-type]
         results = op.kwargs.get("results") or ["release"]
         result = results[min(op.attempt, len(results)) - 1]  # type: ignore[index]
