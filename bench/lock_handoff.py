@@ -71,7 +71,7 @@ REFERENCE = (
 
 SLOW_HANDOFF = 0.080
 """Handoffs this slow are counted apart: etcd delivers the events of a watch created at a past
-revision ("unsynced") only from a loop that runs every 100 ms, which shows up as 80-100 ms."""
+revision ("unsynced") only from a loop that runs every 100 ms: up to 100 ms, often 80-100."""
 STARTUP_TIMEOUT = 120.0
 """Bound on spawning the contender processes and connecting all their clients."""
 DRAIN_TIMEOUT = 30.0
