@@ -31,6 +31,22 @@ from pyetcd.etcdrpc import kv_pb2  # pyright: ignore[reportMissingTypeStubs]
 _T = TypeVar("_T")
 
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# etcd reports some server-side timeouts with status UNKNOWN; only the message tells.
+_TRANSIENT_DETAILS = (
+    "context deadline exceeded",
+    "request timed out",
+    "leader changed",
+    "no leader",
+    "timed out waiting for read index",
+)
+
+
+def _is_transient(error: grpc.RpcError) -> bool:
+    call = cast("grpc.Call", error)
+    details = call.details() or ""
+    return call.code() in _TRANSIENT or any(text in details for text in _TRANSIENT_DETAILS)
+
+
 _CHANNEL_OPTIONS = (
     # Notice a dead or frozen member on an open stream (watch) within ~15 s; etcd accepts
     # pings every 5 s or slower.
@@ -290,8 +306,7 @@ class EtcdClient:
             try:
                 return call(endpoint, min(self.settings.call_timeout, remaining))
             except grpc.RpcError as error:
-                code = cast("grpc.Call", error).code()
-                if code not in _TRANSIENT:
+                if not _is_transient(error):
                     raise _translate(method, error) from error
                 last = error
                 self._fail_over(endpoint)
@@ -443,6 +458,9 @@ class WatchStream:
             self._outbox.put(request)
         self._inbox: queue.Queue[list[WatchEvent] | WatchBrokenError] = queue.Queue()
         self._closed = threading.Event()
+        self._uncreated = len(requests)
+        self._created = threading.Event()
+        self._error: WatchBrokenError | None = None
         self._on_broken = on_broken
         self._call: Any = stub.Watch(self._requests(), metadata=_WATCH_METADATA)
         self._reader = threading.Thread(target=self._read, name="etcd-watch", daemon=True)
@@ -459,17 +477,39 @@ class WatchStream:
                     raise WatchBrokenError(f"revision compacted at {response.compact_revision}")
                 if response.canceled:
                     raise WatchBrokenError(f"watch canceled: {response.cancel_reason}")
+                if response.created:
+                    self._uncreated -= 1
+                    if self._uncreated <= 0:
+                        self._created.set()
                 if response.events:
                     self._inbox.put([_event(event) for event in response.events])
             raise WatchBrokenError("watch stream ended")
         except grpc.RpcError as error:
             if not self._closed.is_set():
                 self._on_broken()
-            self._inbox.put(WatchBrokenError(f"watch stream failed: {error}"))
+            self._broken(WatchBrokenError(f"watch stream failed: {error}"))
         except WatchBrokenError as error:
-            self._inbox.put(error)
+            self._broken(error)
         except Exception as error:  # a reader that dies silently would hang its waiter
-            self._inbox.put(WatchBrokenError(f"watch reader failed: {error!r}"))
+            self._broken(WatchBrokenError(f"watch reader failed: {error!r}"))
+
+    def _broken(self, error: WatchBrokenError) -> None:
+        self._error = error
+        self._inbox.put(error)
+        self._created.set()
+
+    def wait_created(self, timeout: float) -> None:
+        """Block until etcd has acknowledged every watch of the stream.
+
+        A watch created at the current revision is *synced*: etcd sends its events at once.
+        Creating it before reading closes the read-to-watch gap without the up-to-100 ms delay
+        etcd adds to a watch that starts from a past revision.
+        """
+        if not self._created.wait(timeout):
+            self.close()
+            raise WatchBrokenError(f"watch not created within {timeout}s")
+        if self._error is not None:
+            raise self._error
 
     def next(self, timeout: float | None) -> list[WatchEvent] | None:
         """Events of the next response, or ``None`` after ``timeout`` seconds without any."""

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .etcd_client import Compare, EtcdClient, EventKind, KeyValue, Op, WatchBrokenError
+from .etcd_client import Compare, EtcdClient, KeyValue, Op, WatchBrokenError, WatchStream
 from .lease import Lease, LeaseLostError
 
 _WAKE_INTERVAL = 0.2
@@ -66,18 +66,23 @@ class FairSemaphore:
         ``LeaseLostError`` when the lease is lost while waiting.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        stream = self._watch_deletions()
         try:
             view = self._enter()
-            while True:
-                token = self._holding_token(view.kvs)
-                if token is not None:
-                    self.token = token
-                    return token
-                self._wait_for_deletion(view.kvs, view.revision, deadline, cancel)
-                view = self._client.get_prefix(self._prefix)
+            while (token := self._holding_token(view.kvs)) is None:
+                try:
+                    self._wait_for_deletion(stream, view, deadline, cancel)
+                except WatchBrokenError:
+                    stream.close()
+                    stream = self._watch_deletions()
+                view = self._view()
         except BaseException:
             self._leave()
             raise
+        finally:
+            stream.close()
+        self.token = token
+        return token
 
     def release(self) -> None:
         """Give the slot (or the place in the queue) back at once."""
@@ -124,32 +129,42 @@ class FairSemaphore:
         self._lease.check()
         raise LeaseLostError(f"waiter key {self.key} vanished")
 
+    def _watch_deletions(self) -> WatchStream:
+        """A synced watch of every deletion in the domain, acknowledged before we read."""
+        stream = self._client.watch(prefix=self._prefix, deletes_only=True)
+        stream.wait_created(self._client.settings.total_timeout)
+        return stream
+
+    def _view(self) -> _View:
+        result = self._client.get_prefix(self._prefix)
+        return _View(result.kvs, result.revision)
+
     def _wait_for_deletion(
         self,
-        kvs: list[KeyValue],
-        revision: int,
+        stream: WatchStream,
+        view: _View,
         deadline: float | None,
         cancel: threading.Event | None,
     ) -> None:
-        """Block until one of the k keys ahead of us is deleted, or the watch breaks."""
-        position = self._position(kvs)
-        ahead = [kv.key for kv in kvs[position - self.capacity : position]]
-        with self._client.watch(ahead, start_revision=revision + 1, deletes_only=True) as stream:
-            while True:
-                if cancel is not None and cancel.is_set():
-                    raise AcquireCancelledError
-                self._lease.check()
-                wait = _WAKE_INTERVAL
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        raise TimeoutError(f"lock not acquired within the timeout ({self.key})")
-                try:
-                    events = stream.next(timeout=wait)
-                except WatchBrokenError:
-                    return
-                if events and any(event.kind is EventKind.DELETE for event in events):
-                    return
+        """Block until one of the k keys ahead of us is deleted after ``view`` was read.
+
+        Deletions further ahead are ignored: they cannot make us a holder, since the k keys
+        just ahead of us stay the same. So for k = 1 only the next waiter reads again.
+        """
+        position = self._position(view.kvs)
+        ahead = {kv.key for kv in view.kvs[position - self.capacity : position]}
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise AcquireCancelledError
+            self._lease.check()
+            wait = _WAKE_INTERVAL
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    raise TimeoutError(f"lock not acquired within the timeout ({self.key})")
+            events = stream.next(timeout=wait) or []
+            if any(e.key in ahead and e.mod_revision > view.revision for e in events):
+                return
 
     def _leave(self) -> None:
         """Remove our waiter key after a failed acquire, if etcd can be reached at all."""

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from .etcd_client import (
     Compare,
     EtcdClient,
+    EtcdError,
     EventKind,
     KeyValue,
     Op,
@@ -29,7 +30,7 @@ from .models import UnitQueue
 _MAX_CONFLICTS = 16
 
 
-class StoreConflictError(Exception):
+class StoreConflictError(EtcdError):
     """Too many concurrent writers on one unit's queue; nothing was written."""
 
 

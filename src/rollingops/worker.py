@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .etcd_client import EtcdClient, EtcdUnavailableError
+from .etcd_client import EtcdClient, EtcdError
 from .hook_runner import HookFailedError, HookRunner
 from .lease import Lease, LeaseLostError
 from .models import UnitQueue, utcnow
@@ -76,7 +76,7 @@ class Worker:
                 try:
                     self._step()
                     unreachable_since = None
-                except EtcdUnavailableError as error:
+                except EtcdError as error:  # unreachable, or refusing: both count to the deadline
                     unreachable_since = unreachable_since or time.monotonic()
                     down_for = time.monotonic() - unreachable_since
                     record("etcd-unreachable", error=str(error), seconds=round(down_for, 3))
