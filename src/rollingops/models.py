@@ -120,6 +120,8 @@ class CompletedOperation(_Document):
     outcome: Outcome
     attempts: int
     token: int
+    requested_at: dt.datetime
+    granted_at: dt.datetime
     finished_at: dt.datetime
     reason: str = ""
 
@@ -228,6 +230,8 @@ class UnitQueue(_Document):
             outcome=outcome,
             attempts=grant.operation.attempt,
             token=grant.token,
+            requested_at=grant.operation.requested_at,
+            granted_at=grant.granted_at,
             finished_at=now,
             reason=reason,
         )

@@ -35,6 +35,16 @@ class Contender:
     owner: str
     token: int
     holding: bool
+    lease: int
+
+
+def read_contenders(client: EtcdClient, waiters_prefix: str, capacity: int) -> list[Contender]:
+    """Everyone in a domain, in grant order: the ``capacity`` holders first, then the queue."""
+    kvs = client.get_prefix(waiters_prefix).kvs
+    return [
+        Contender(kv.value.decode(), kv.create_revision, index < capacity, kv.lease)
+        for index, kv in enumerate(kvs)
+    ]
 
 
 class FairSemaphore:
@@ -102,11 +112,7 @@ class FairSemaphore:
 
     def contenders(self) -> list[Contender]:
         """Everyone in the domain, in grant order: holders first, then the queue."""
-        kvs = self._client.get_prefix(self._prefix).kvs
-        return [
-            Contender(kv.value.decode(), kv.create_revision, index < self.capacity)
-            for index, kv in enumerate(kvs)
-        ]
+        return read_contenders(self._client, self._prefix, self.capacity)
 
     def _enter(self) -> _View:
         """Put our waiter key if it is not there yet and read the queue, in one transaction."""

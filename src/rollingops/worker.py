@@ -4,7 +4,8 @@ Run as ``python -m rollingops.worker --config FILE``. The loop:
 
     idle (a watch on the unit's queue, no other etcd request)
     -> pending operation: lease, enter the semaphore, wait by watch
-    -> claim the head operation with the fencing token (one transaction)
+    -> unless the domain is paused (then: keep the slot, start nothing until resumed),
+       claim the head operation with the fencing token (one transaction)
     -> fire the "lock granted" hook in this unit
     -> wait for the principal's result by watch
     -> apply it (one transaction): done, retry-release (requeue) or retry-hold (fire again)
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .control import DomainControl
 from .etcd_client import EtcdClient, EtcdError
 from .hook_runner import HookFailedError, HookRunner
 from .lease import Lease, LeaseLostError
@@ -62,6 +64,9 @@ class Worker:
             config.hook_runner, config.unit, config.charm_dir, config.hook_timeout
         )
         self._waiters = waiters_prefix(config.etcd.prefix, config.domain)
+        self._control = DomainControl(
+            self.client, config.etcd.prefix, config.domain, config.max_concurrent
+        )
         self._lease: Lease | None = None
         self._semaphore: FairSemaphore | None = None
         self._watch: QueueWatch | None = None
@@ -105,6 +110,11 @@ class Worker:
             return
         token = self._acquire()
         if token is None:
+            return
+        pause = self._control.wait_while_paused(self.stop)
+        if pause is not None:
+            record("pause-waited", reason=pause.reason, by=pause.by)
+        if self.stop.is_set():
             return
 
         def change(queue: UnitQueue) -> UnitQueue:

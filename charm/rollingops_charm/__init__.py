@@ -1,0 +1,1 @@
+"""The ops layer of rollingops: translates Juju events into engine calls, nothing more."""

@@ -1,0 +1,220 @@
+"""Operator actions. Results are structured keys (nested maps), never prose.
+
+Every action that needs etcd fails with a clear message when etcd cannot be used, and changes
+nothing then.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import ops
+
+from rollingops.command import to_argv
+from rollingops.etcd_client import EtcdClient, EtcdError
+from rollingops.models import Grant as EngineGrant
+from rollingops.models import Operation, UnitQueue, utcnow
+
+from .exclusive import CALLBACK as EXCLUSIVE
+from .unit_record import ForcedRelease
+
+if TYPE_CHECKING:
+    from .charm import RollingOpsCharm
+
+_NO_ETCD = "etcd is not available (no relation, no credentials yet, or invalid config)"
+
+
+def _client(charm: RollingOpsCharm, event: ops.ActionEvent) -> EtcdClient | None:
+    settings = charm.etcd_settings()
+    if settings is None:
+        event.fail(_NO_ETCD)
+        return None
+    return EtcdClient(settings)
+
+
+def _indexed(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A list as a map keyed "1", "2", ...: Juju action results are maps."""
+    return {str(index): item for index, item in enumerate(items, start=1)}
+
+
+def _queue_summary(queue: UnitQueue) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "pending": _indexed(
+            [{"op": op.id, "callback": op.callback, "attempt": op.attempt} for op in queue.pending]
+        ),
+    }
+    if queue.current is not None:
+        summary["running"] = _grant_summary(queue.current)
+    return summary
+
+
+def _grant_summary(grant: EngineGrant) -> dict[str, Any]:
+    return {
+        "op": grant.operation.id,
+        "callback": grant.operation.callback,
+        "token": grant.token,
+        "since": grant.granted_at.isoformat(),
+    }
+
+
+def lock_status(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
+    """Backend, holders, the domain's queue, this unit's queue, worker and etcd health."""
+    record = charm.load_record()
+    results: dict[str, Any] = {
+        "unit": charm.unit.name,
+        "worker-running": charm.worker_running(),
+        "queue": _queue_summary(record.queue if record else UnitQueue()),
+    }
+    settings = charm.etcd_settings()
+    if settings is None:
+        event.set_results({**results, "backend": "none", "etcd-reachable": False})
+        return
+    try:
+        with EtcdClient(settings) as client:
+            results |= _domain_view(charm, client)
+    except EtcdError as error:
+        results |= {"backend": "etcd", "etcd-reachable": False, "etcd-error": str(error)}
+    event.set_results(results)
+
+
+def _domain_view(charm: RollingOpsCharm, client: EtcdClient) -> dict[str, Any]:
+    domain = charm.domain(client)
+    contenders = domain.contenders()
+    holders = []
+    for contender in (c for c in contenders if c.holding):
+        entry: dict[str, Any] = {"unit": contender.owner, "token": contender.token}
+        owner_queue = charm.store(client, contender.owner).load()
+        if owner_queue.queue.current is not None:
+            entry |= _grant_summary(owner_queue.queue.current)
+        holders.append(entry)
+    pause = domain.paused()
+    view: dict[str, Any] = {
+        "backend": "etcd",
+        "etcd-reachable": True,
+        "holders": _indexed(holders),
+        "domain-queue": _indexed(
+            [{"unit": c.owner, "token": c.token} for c in contenders if not c.holding]
+        ),
+        "paused": pause is not None,
+    }
+    if pause is not None:
+        view["pause"] = {"reason": pause.reason, "by": pause.by, "since": pause.since.isoformat()}
+    return view
+
+
+def history(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
+    """The last ``count`` operations of this unit: waited, held, result."""
+    count = int(event.params.get("count", 10))
+    record = charm.load_record()
+    entries = record.queue.history[-count:] if record else ()
+    event.set_results(
+        {
+            "count": len(entries),
+            "operations": _indexed(
+                [
+                    {
+                        "unit": charm.unit.name,
+                        "op": entry.id,
+                        "callback": entry.callback,
+                        "outcome": entry.outcome.value,
+                        "attempts": entry.attempts,
+                        "token": entry.token,
+                        "waited": round(
+                            (entry.granted_at - entry.requested_at).total_seconds(), 3
+                        ),
+                        "held": round((entry.finished_at - entry.granted_at).total_seconds(), 3),
+                        "finished-at": entry.finished_at.isoformat(),
+                        "reason": entry.reason,
+                    }
+                    for entry in entries
+                ]
+            ),
+        }
+    )
+
+
+def force_release(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
+    """Take the lock away from a stuck holder; the reason is recorded."""
+    owner, reason = str(event.params["unit"]), str(event.params["reason"]).strip()
+    if not reason:
+        event.fail("a reason is required")
+        return
+    client = _client(charm, event)
+    if client is None:
+        return
+    try:
+        with client:
+            tokens = charm.domain(client).force_release(owner)
+    except EtcdError as error:
+        event.fail(f"etcd: {error}")
+        return
+    if not tokens:
+        event.fail(f"{owner} holds no lock")
+        return
+    record = charm.load_record()
+    if record is not None:
+        forced = ForcedRelease(unit=owner, tokens=tokens, reason=reason, at=utcnow())
+        charm.save_record(record.model_copy(update={"forced": (*record.forced, forced)}))
+    event.set_results(
+        {"unit": owner, "released-tokens": ",".join(map(str, tokens)), "reason": reason}
+    )
+
+
+def pause(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
+    """No new grants in the whole domain until ``resume``."""
+    reason = str(event.params["reason"]).strip()
+    if not reason:
+        event.fail("a reason is required")
+        return
+    client = _client(charm, event)
+    if client is None:
+        return
+    try:
+        with client:
+            done = charm.domain(client).pause(reason, by=charm.unit.name)
+    except EtcdError as error:
+        event.fail(f"etcd: {error}")
+        return
+    event.set_results({"paused": True, "reason": done.reason, "since": done.since.isoformat()})
+
+
+def resume(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
+    """Grants go on."""
+    client = _client(charm, event)
+    if client is None:
+        return
+    try:
+        with client:
+            was_paused = charm.domain(client).resume()
+    except EtcdError as error:
+        event.fail(f"etcd: {error}")
+        return
+    event.set_results({"resumed": was_paused})
+
+
+def run_exclusive(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
+    """Queue an operator command to run on this machine under the lock."""
+    try:
+        argv = to_argv(event.params["command"])
+    except ValueError as error:
+        event.fail(f"command: {error}")
+        return
+    timeout = float(event.params.get("timeout", 300))
+    op = Operation(
+        id=f"exclusive-{secrets.token_hex(4)}",
+        callback=EXCLUSIVE,
+        kwargs={"argv": argv, "timeout": timeout},  # type: ignore[dict-item]
+        max_retry=int(event.params.get("max-retry", 0)),
+        requested_at=utcnow(),
+    )
+    client = _client(charm, event)
+    if client is None:
+        return
+    try:
+        with client:
+            charm.store(client).update(lambda queue: queue.enqueue(op))
+    except (EtcdError, ValueError) as error:
+        event.fail(f"not queued: {error}")
+        return
+    event.set_results({"op": op.id, "queued": True, "argv": " ".join(argv)})

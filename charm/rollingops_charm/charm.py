@@ -1,0 +1,363 @@
+"""The rollingops subordinate charm: Juju events in, engine calls out.
+
+Every hook that can change anything ends in ``_sync``: read this unit's record (peer databag),
+take new requests and results from the principal, apply them to the unit's queue in etcd in one
+transaction, mirror the queue back to the peer databag and publish the protocol v1 bag to the
+principal. The worker process does the waiting; no hook ever waits for the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import ops
+from rollingops_principal import Rejection
+
+from rollingops.control import DomainControl
+from rollingops.etcd_client import EtcdClient, EtcdError, EtcdSettings
+from rollingops.files import private_dir, write_private
+from rollingops.models import UnitQueue, utcnow
+from rollingops.store import OperationStore
+from rollingops.supervisor import Supervisor, WorkerCommand, supervisor_for
+from rollingops.worker_config import WorkerConfig
+
+from . import actions, exclusive
+from .config import CharmConfig, InvalidConfigError, etcd_prefix
+from .etcd_relation import EtcdConnection, EtcdRequirer
+from .identity import ensure_identity, read_identity
+from .intake import apply, take
+from .paths import UnitPaths
+from .principal import PrincipalLink, subordinate_bag
+from .status import StatusInputs, unit_status
+from .unit_record import EtcdFailure, UnitRecord
+
+logger = logging.getLogger(__name__)
+
+PEER = "cluster"
+PRINCIPAL = "rollingops"
+ETCD = "etcd"
+DOMAIN = "default"
+HOOK_RUNNER_ENV = "ROLLINGOPS_HOOK_RUNNER"
+
+
+class LockGrantedEvent(ops.EventBase):
+    """Fired by the worker (through juju-exec) once it holds the lock for this unit."""
+
+
+class EtcdFailedEvent(ops.EventBase):
+    """Fired by the worker when etcd stayed unreachable past the deadline."""
+
+
+class RollingOpsEvents(ops.CharmEvents):
+    """Juju's events plus the two custom hooks the worker fires."""
+
+    rollingops_lock_granted = ops.EventSource(LockGrantedEvent)
+    rollingops_etcd_failed = ops.EventSource(EtcdFailedEvent)
+
+
+class RollingOpsCharm(ops.CharmBase):
+    """Rolling operations as a service for the co-located principal."""
+
+    on = RollingOpsEvents()  # type: ignore[reportAssignmentType]
+
+    def __init__(self, framework: ops.Framework) -> None:
+        super().__init__(framework)
+        self.config_error = ""
+        self.settings: CharmConfig | None = None
+        try:
+            self.settings = CharmConfig.parse(self.config)
+        except InvalidConfigError as error:
+            self.config_error = str(error)
+        self.identity = read_identity(self.model)
+        self.prefix = (
+            etcd_prefix(self.settings.effective_cluster_id(self.app.name, self.model.uuid))
+            if self.settings
+            else None
+        )
+        self.etcd = EtcdRequirer(
+            self, ETCD, self.prefix, self.identity.cert_pem if self.identity else None
+        )
+        self.principal = PrincipalLink(self.model, PRINCIPAL)
+        self._observe()
+
+    def _observe(self) -> None:
+        observe = self.framework.observe
+        for event in (
+            self.on.install,
+            self.on.start,
+            self.on.config_changed,
+            self.on.leader_elected,
+            self.on.update_status,
+            self.on.secret_changed,
+            self.on[PEER].relation_created,
+            self.on[PEER].relation_changed,
+            self.on[ETCD].relation_joined,
+            self.on[ETCD].relation_changed,
+            self.etcd.handler.on.resource_created,
+            self.etcd.handler.on.endpoints_changed,
+            self.etcd.handler.on.authentication_updated,
+            self.on[PRINCIPAL].relation_joined,
+            self.on[PRINCIPAL].relation_changed,
+            self.on[PRINCIPAL].relation_departed,
+        ):
+            observe(event, self._on_change)
+        observe(self.on.upgrade_charm, self._on_upgrade)
+        observe(self.on[ETCD].relation_broken, self._on_etcd_broken)
+        observe(self.on.rollingops_lock_granted, self._on_lock_granted)
+        observe(self.on.rollingops_etcd_failed, self._on_etcd_failed)
+        observe(self.on.stop, self._on_stop)
+        observe(self.on.remove, self._on_stop)
+        observe(self.on.collect_unit_status, self._on_collect_status)
+        observe(self.on.lock_status_action, self._on_lock_status)
+        observe(self.on.history_action, self._on_history)
+        observe(self.on.force_release_action, self._on_force_release)
+        observe(self.on.pause_action, self._on_pause)
+        observe(self.on.resume_action, self._on_resume)
+        observe(self.on.run_exclusive_action, self._on_run_exclusive)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _on_change(self, _: ops.EventBase) -> None:
+        self._reconcile()
+
+    def _on_upgrade(self, _: ops.EventBase) -> None:
+        self._reconcile(restart=True)
+
+    def _on_etcd_broken(self, _: ops.EventBase) -> None:
+        self._supervisor().remove()
+        self._sync()
+
+    def _on_stop(self, _: ops.EventBase) -> None:
+        self._supervisor().remove()
+        shutil.rmtree(self.paths.root, ignore_errors=True)
+
+    def _on_lock_granted(self, _: ops.EventBase) -> None:
+        self._sync(on_grant=True)
+
+    def _on_etcd_failed(self, _: ops.EventBase) -> None:
+        record = self.load_record()
+        if record is not None:
+            failure = EtcdFailure(since=utcnow(), reason="the worker gave up on etcd")
+            self.save_record(record.model_copy(update={"etcd_failure": failure}))
+
+    def _reconcile(self, restart: bool = False) -> None:
+        """Bring identity, relation request, credentials and worker in line; then sync."""
+        if self.unit.is_leader() and self.settings is not None:
+            self.identity = ensure_identity(self.model)
+            self.etcd.set_certificate(self.identity.cert_pem)
+        self.etcd.publish()
+        settings = self.etcd_settings()
+        if settings is None:
+            self._supervisor().remove()
+        else:
+            changed = self._write_worker_config(settings)
+            self._supervisor().ensure_running(restart=restart or changed)
+        self._sync()
+
+    # -- etcd and worker ---------------------------------------------------------------------
+
+    @property
+    def paths(self) -> UnitPaths:
+        """The unit's own directory and files."""
+        return UnitPaths.for_unit(self.unit.name)
+
+    def _connection(self) -> EtcdConnection | None:
+        if self.settings is None or self.identity is None:
+            return None
+        try:
+            return self.etcd.connection()
+        except ValueError as error:
+            logger.warning("etcd relation data unusable: %s", error)
+            return None
+
+    def etcd_settings(self) -> EtcdSettings | None:
+        """Client settings once etcd answered; writes the credentials (0600) on the way."""
+        connection = self._connection()
+        if connection is None or self.identity is None or self.prefix is None:
+            return None
+        paths = self.paths
+        private_dir(paths.root)
+        write_private(paths.client_key, self.identity.key_pem)
+        write_private(paths.client_cert, self.identity.cert_pem)
+        write_private(paths.etcd_ca, connection.ca_pem)
+        return EtcdSettings(
+            endpoints=connection.endpoints,
+            ca_file=paths.etcd_ca,
+            cert_file=paths.client_cert,
+            key_file=paths.client_key,
+            prefix=self.prefix,
+        )
+
+    def _write_worker_config(self, settings: EtcdSettings) -> bool:
+        assert self.settings is not None  # noqa: S101 - settings exist when etcd settings do
+        config = WorkerConfig(
+            unit=self.unit.name,
+            charm_dir=self.charm_dir,
+            etcd=settings,
+            domain=DOMAIN,
+            lease_ttl=self.settings.lease_ttl,
+            max_concurrent=self.settings.max_concurrent,
+            state_dir=self.paths.root,
+            hook_runner=_hook_runner(),
+            failure_deadline=self.settings.etcd_failure_deadline,
+        )
+        return write_private(self.paths.worker_config, config.model_dump_json(indent=2))
+
+    def _supervisor(self) -> Supervisor:
+        command = WorkerCommand(
+            unit=self.unit.name,
+            config_file=self.paths.worker_config,
+            python_path=tuple(Path(p) for p in sys.path if p and Path(p).is_dir()),
+        )
+        return supervisor_for(command, self.paths.root)
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    def load_record(self) -> UnitRecord | None:
+        """The unit's record; ``None`` before the peer relation exists or if it is unreadable.
+
+        An unreadable record is left as it is (status says so): overwriting it would lose the
+        queue it holds.
+        """
+        relation = self.model.get_relation(PEER)
+        if relation is None:
+            return None
+        try:
+            return UnitRecord.load(relation.data[self.unit])
+        except ValueError as error:
+            logger.error("%s: leaving it untouched", error)
+            return None
+
+    def save_record(self, record: UnitRecord) -> None:
+        """Persist the unit's record in its peer databag."""
+        relation = self.model.get_relation(PEER)
+        if relation is not None:
+            record.save(relation.data[self.unit])
+
+    def _sync(self, on_grant: bool = False) -> None:
+        """Requests in, queue through etcd, record and protocol bag out."""
+        record = self.load_record()
+        if record is None:
+            return
+        settings = self.etcd_settings()
+        if settings is not None:
+            try:
+                record = self._sync_etcd(record, settings, on_grant)
+            except EtcdError as error:
+                logger.warning("etcd unavailable in this hook: %s", error)
+        self.save_record(record)
+        self.principal.publish(subordinate_bag(record, backend_ready=settings is not None))
+
+    def _sync_etcd(self, record: UnitRecord, settings: EtcdSettings, on_grant: bool) -> UnitRecord:
+        """Apply the principal's requests and result to the etcd queue, the authoritative copy.
+
+        Requests become *seen* only once the transaction that queues them succeeded: if etcd is
+        unreachable they stay in the principal's bag and are taken on a later hook.
+        """
+        intake = take(self.principal.read(), record.queue, set(record.seen))
+        refused: list[Rejection] = []
+        with EtcdClient(settings) as client:
+            store = self.store(client)
+            snapshot = store.load()
+            if snapshot.mod_revision == 0 and record.queue.has_work:
+                snapshot = store.update(lambda _: record.queue, snapshot)
+
+            def change(queue: UnitQueue) -> UnitQueue:
+                nonlocal refused
+                queue, refused = apply(queue, intake)
+                return queue
+
+            snapshot = store.update(change, snapshot)
+            if on_grant:
+                snapshot, run = exclusive.run_if_granted(store, snapshot)
+                if run is not None:
+                    record = record.model_copy(
+                        update={"exclusive_runs": (*record.exclusive_runs, run)}
+                    )
+            position = self._position(client, snapshot.queue)
+        new_ids = [op.id for op in intake.operations] + [r.id for r in intake.rejected if r.id]
+        return record.model_copy(
+            update={
+                "queue": snapshot.queue,
+                "seen": (*record.seen, *new_ids),
+                "rejected": (*record.rejected, *intake.rejected, *refused),
+                "etcd_failure": None,
+                "position": position,
+            }
+        )
+
+    def store(self, client: EtcdClient, unit: str | None = None) -> OperationStore:
+        """The etcd queue of ``unit`` (default: this unit) in this unit's domain."""
+        return OperationStore(client, client.prefix, DOMAIN, unit or self.unit.name)
+
+    def worker_running(self) -> bool:
+        """Whether this unit's worker process is alive."""
+        return self._supervisor().is_running()
+
+    def _position(self, client: EtcdClient, queue: UnitQueue) -> int | None:
+        if queue.current is not None or not queue.pending:
+            return None
+        return self.domain(client).position(self.unit.name)
+
+    def domain(self, client: EtcdClient) -> DomainControl:
+        """Pause state, holders and queue of this unit's lock domain."""
+        capacity = self.settings.max_concurrent if self.settings else 1
+        assert self.prefix is not None  # noqa: S101 - a client exists only with a prefix
+        return DomainControl(client, self.prefix, DOMAIN, capacity)
+
+    # -- status and actions ------------------------------------------------------------------
+
+    def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
+        relation = self.model.get_relation(PEER)
+        try:
+            record = UnitRecord.load(relation.data[self.unit]) if relation else None
+            record_error = ""
+        except ValueError as error:
+            record, record_error = None, str(error)
+        inputs = StatusInputs(
+            config_error=self.config_error,
+            record_error=record_error,
+            has_peer=relation is not None,
+            has_etcd_relation=self.etcd.relation is not None,
+            has_identity=self.identity is not None,
+            etcd_ready=self._connection() is not None,
+            worker_running=self.worker_running(),
+            record=record,
+            max_concurrent=self.settings.max_concurrent if self.settings else 1,
+        )
+        event.add_status(unit_status(inputs))
+
+    def _on_lock_status(self, event: ops.ActionEvent) -> None:
+        actions.lock_status(self, event)
+
+    def _on_history(self, event: ops.ActionEvent) -> None:
+        actions.history(self, event)
+
+    def _on_force_release(self, event: ops.ActionEvent) -> None:
+        actions.force_release(self, event)
+
+    def _on_pause(self, event: ops.ActionEvent) -> None:
+        actions.pause(self, event)
+
+    def _on_resume(self, event: ops.ActionEvent) -> None:
+        actions.resume(self, event)
+
+    def _on_run_exclusive(self, event: ops.ActionEvent) -> None:
+        actions.run_exclusive(self, event)
+        self._sync()
+
+
+def _hook_runner() -> Path:
+    """``juju-exec`` (the simulator points this elsewhere)."""
+    override = os.environ.get(HOOK_RUNNER_ENV)
+    found = override or shutil.which("juju-exec") or "/usr/bin/juju-exec"
+    return Path(found)
+
+
+def main() -> None:
+    """Entry point of the packed charm."""
+    ops.main(RollingOpsCharm)

@@ -1,0 +1,36 @@
+"""Every file of a unit lives in its own directory: several units may share a machine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BASE = Path("/var/lib/rollingops")
+BASE_ENV = "ROLLINGOPS_STATE_DIR"
+"""Overrides the base directory (tests and the simulator run without root paths)."""
+
+
+@dataclass(frozen=True)
+class UnitPaths:
+    """One unit's worker config, credentials and log, all under ``root`` (0700)."""
+
+    root: Path
+    worker_config: Path
+    client_cert: Path
+    client_key: Path
+    etcd_ca: Path
+    worker_log: Path
+
+    @classmethod
+    def for_unit(cls, unit: str) -> UnitPaths:
+        """``<base>/<app>-<n>/...``."""
+        root = Path(os.environ.get(BASE_ENV, DEFAULT_BASE)) / unit.replace("/", "-")
+        return cls(
+            root=root,
+            worker_config=root / "worker.json",
+            client_cert=root / "client.pem",
+            client_key=root / "client.key",
+            etcd_ca=root / "etcd-ca.pem",
+            worker_log=root / "worker.log",
+        )

@@ -1,0 +1,98 @@
+"""The container relation with the principal (protocol v1): read its bag, publish ours."""
+
+from __future__ import annotations
+
+import ops
+from rollingops_principal import Finished, Grant, PrincipalBag, SubordinateBag, SubordinateState
+
+from rollingops.models import Outcome
+
+from .intake import RESERVED_CALLBACKS
+from .unit_record import UnitRecord
+
+
+class PrincipalLink:
+    """The one principal unit this subordinate unit sits next to."""
+
+    def __init__(self, model: ops.Model, relation_name: str) -> None:
+        self._model = model
+        self._relation_name = relation_name
+
+    @property
+    def relation(self) -> ops.Relation | None:
+        """The container relation, if a principal using the library is attached."""
+        return self._model.get_relation(self._relation_name)
+
+    def _principal_unit(self) -> ops.Unit | None:
+        relation = self.relation
+        if relation is None:
+            return None
+        return next(iter(relation.units), None)
+
+    def read(self) -> PrincipalBag:
+        """What the principal asks; empty without a principal."""
+        relation, unit = self.relation, self._principal_unit()
+        if relation is None or unit is None:
+            return PrincipalBag()
+        return PrincipalBag.parse(relation.data[unit])
+
+    def publish(self, bag: SubordinateBag) -> None:
+        """Write our side of the protocol, if a principal is there to read it."""
+        relation = self.relation
+        if relation is not None:
+            relation.data[self._model.unit].update(bag.to_databag())
+
+
+def subordinate_bag(record: UnitRecord, backend_ready: bool) -> SubordinateBag:
+    """Our protocol bag, derived from the unit's record only."""
+    queue = record.queue
+    grant = queue.current
+    granted = None
+    if grant is not None and grant.result is None:
+        op = grant.operation
+        if op.callback not in RESERVED_CALLBACKS:
+            granted = Grant(
+                id=op.id,
+                callback=op.callback,
+                kwargs=op.kwargs,
+                attempt=op.attempt,
+                token=grant.token,
+                granted_at=grant.granted_at,
+                backend="etcd",
+            )
+    return SubordinateBag(
+        granted=granted,
+        state=_state(record, backend_ready),
+        accepted=tuple(sorted(queue.operation_ids())),
+        rejected=record.rejected,
+        finished=tuple(
+            Finished(
+                id=entry.id,
+                outcome="done" if entry.outcome is Outcome.DONE else "dropped",
+                attempts=entry.attempts,
+                reason=entry.reason,
+            )
+            for entry in queue.history
+        ),
+    )
+
+
+def _state(record: UnitRecord, backend_ready: bool) -> SubordinateState:
+    queue = record.queue
+    length = len(queue.pending) + (queue.current is not None)
+    if not backend_ready:
+        return SubordinateState(
+            backend=None,
+            status="unavailable",
+            queue_length=length,
+            message="no usable etcd: requests wait in your databag",
+        )
+    if queue.current is not None:
+        status = "granted"
+    elif queue.pending:
+        status = "waiting"
+    else:
+        status = "idle"
+    return SubordinateState(
+        backend="etcd", status=status, position=record.position, queue_length=length
+    )

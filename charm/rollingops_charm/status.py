@@ -1,0 +1,66 @@
+"""The unit's status, computed from one snapshot of what the charm knows (no I/O)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import ops
+
+from rollingops.models import utcnow
+
+from .unit_record import UnitRecord
+
+
+@dataclass(frozen=True)
+class StatusInputs:
+    """Everything the status depends on."""
+
+    config_error: str
+    record_error: str
+    has_peer: bool
+    has_etcd_relation: bool
+    has_identity: bool
+    etcd_ready: bool
+    worker_running: bool
+    record: UnitRecord | None
+    max_concurrent: int
+
+
+def unit_status(inputs: StatusInputs, now: dt.datetime | None = None) -> ops.StatusBase:
+    """The one status an operator needs at a glance, most urgent first."""
+    problem = _setup_problem(inputs)
+    if problem is not None:
+        return problem
+    record = inputs.record or UnitRecord()
+    if record.etcd_failure is not None:
+        since = record.etcd_failure.since.strftime("%H:%M")
+        return ops.BlockedStatus(f"etcd unreachable since {since}: worker gave up, retrying")
+    if not inputs.worker_running:
+        return ops.MaintenanceStatus("starting the worker")
+    return ops.ActiveStatus(_activity(record, inputs.max_concurrent, now or utcnow()))
+
+
+def _setup_problem(inputs: StatusInputs) -> ops.StatusBase | None:
+    """What stops the unit from working at all, if anything."""
+    if inputs.config_error or inputs.record_error:
+        return ops.BlockedStatus(inputs.config_error or inputs.record_error)
+    if not inputs.has_etcd_relation:
+        return ops.BlockedStatus("no backend: integrate with charmed-etcd")
+    if not inputs.has_peer or not inputs.has_identity:
+        return ops.WaitingStatus("waiting for the client certificate from the leader")
+    if not inputs.etcd_ready:
+        return ops.WaitingStatus("waiting for etcd endpoints and CA")
+    return None
+
+
+def _activity(record: UnitRecord, max_concurrent: int, now: dt.datetime) -> str:
+    queue = record.queue
+    if queue.current is not None:
+        op = queue.current.operation
+        held = int((now - queue.current.granted_at).total_seconds())
+        return f"holding lock: {op.callback} (op {op.id}, {held}s)"
+    if queue.pending:
+        where = f"position {record.position}" if record.position else "entering the queue"
+        return f"waiting for lock: {where}, {len(queue.pending)} queued here"
+    return f"idle (etcd, max-concurrent {max_concurrent})"

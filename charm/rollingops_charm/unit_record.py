@@ -1,0 +1,90 @@
+"""A unit's durable state, kept in its peer-relation databag (source of truth for the queue).
+
+One JSON document under ``record``: the operation queue (mirrored to etcd while etcd is the
+backend), ids already seen from the principal (so a request is never run twice), rejections to
+report, the last etcd failure, run-exclusive outcomes and forced releases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, MutableMapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rollingops_principal import Rejection
+
+from rollingops.models import UnitQueue
+
+KEY = "record"
+SEEN_LIMIT = 256
+REPORT_LIMIT = 32
+
+
+class EtcdFailure(BaseModel):
+    """The worker gave up on etcd."""
+
+    model_config = ConfigDict(frozen=True)
+
+    since: dt.datetime
+    reason: str
+
+
+class ExclusiveRun(BaseModel):
+    """The outcome of one run-exclusive command."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    argv: list[str]
+    exit_code: int | None
+    output: str
+    finished_at: dt.datetime
+
+
+class ForcedRelease(BaseModel):
+    """An operator's force-release, recorded where it was asked."""
+
+    model_config = ConfigDict(frozen=True)
+
+    unit: str
+    tokens: list[int]
+    reason: str
+    at: dt.datetime
+
+
+class UnitRecord(BaseModel):
+    """Everything this unit must not lose between hooks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: UnitQueue = Field(default_factory=UnitQueue)
+    seen: tuple[str, ...] = ()
+    rejected: tuple[Rejection, ...] = ()
+    etcd_failure: EtcdFailure | None = None
+    exclusive_runs: tuple[ExclusiveRun, ...] = ()
+    forced: tuple[ForcedRelease, ...] = ()
+    position: int | None = None
+    """1-based place in the domain queue when last looked at; ``None`` if not waiting."""
+
+    @classmethod
+    def load(cls, bag: Mapping[str, str]) -> UnitRecord:
+        """Read the record; a missing one is empty, a corrupt one raises ``ValueError``."""
+        raw = bag.get(KEY)
+        if not raw:
+            return cls()
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as error:
+            raise ValueError(f"peer record unreadable: {error.error_count()} errors") from error
+
+    def save(self, bag: MutableMapping[str, str]) -> None:
+        """Write the record back (bounded lists)."""
+        bounded = self.model_copy(
+            update={
+                "seen": self.seen[-SEEN_LIMIT:],
+                "rejected": self.rejected[-REPORT_LIMIT:],
+                "exclusive_runs": self.exclusive_runs[-REPORT_LIMIT:],
+                "forced": self.forced[-REPORT_LIMIT:],
+            }
+        )
+        bag[KEY] = bounded.model_dump_json()

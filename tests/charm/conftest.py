@@ -1,0 +1,167 @@
+"""ops.testing harness for the charm: metadata from the repo, a per-test state dir, and states
+wired to a real test-bed etcd when a test needs one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rollingops_charm.charm as charm_module
+import yaml
+from ops import testing
+from rollingops_charm.charm import RollingOpsCharm
+from rollingops_charm.identity import LABEL
+from rollingops_charm.unit_record import UnitRecord
+from scenario.state import _Event  # pyright: ignore[reportPrivateUsage]
+from testbed.etcd import EtcdCluster
+
+from rollingops.models import UnitQueue
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = "rollingops/0"
+PRINCIPAL = "principal/0"
+
+
+def load_yaml(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> testing.Context[RollingOpsCharm]:
+    charm_root = tmp_path / "charm"
+    charm_root.mkdir()
+    return testing.Context(
+        RollingOpsCharm,
+        charm_root=charm_root,
+        meta=load_yaml("metadata.yaml"),
+        actions=load_yaml("actions.yaml"),
+        config=load_yaml("config.yaml"),
+        unit_id=0,
+        app_name="rollingops",
+    )
+
+
+@dataclass
+class FakeSupervisor:
+    """Records what the charm asks of the worker's supervisor (tested for real elsewhere)."""
+
+    calls: list[tuple[str, bool]] = field(default_factory=list[tuple[str, bool]])
+    running: bool = False
+
+    def ensure_running(self, restart: bool = False) -> None:
+        self.calls.append(("ensure_running", restart))
+        self.running = True
+
+    def is_running(self) -> bool:
+        return self.running
+
+    def remove(self) -> None:
+        self.calls.append(("remove", False))
+        self.running = False
+
+
+@pytest.fixture
+def supervisor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeSupervisor:
+    fake = FakeSupervisor()
+    monkeypatch.setattr(charm_module, "supervisor_for", lambda command, state_dir: fake)
+    monkeypatch.setenv("ROLLINGOPS_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("ROLLINGOPS_HOOK_RUNNER", str(tmp_path / "juju-exec"))
+    return fake
+
+
+def unit_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state" / UNIT.replace("/", "-")
+
+
+def peer(record: UnitRecord | None = None, **kwargs: Any) -> testing.PeerRelation:
+    local = {} if record is None else {"record": record.model_dump_json()}
+    return testing.PeerRelation("cluster", local_unit_data=local, **kwargs)
+
+
+def principal_relation(**bag: Any) -> testing.SubordinateRelation:
+    data = {
+        key: value if isinstance(value, str) else json.dumps(value) for key, value in bag.items()
+    }
+    return testing.SubordinateRelation(
+        "rollingops", remote_app_name="principal", remote_unit_id=0, remote_unit_data=data
+    )
+
+
+def request(op_id: str, callback: str = "restart", **extra: Any) -> dict[str, Any]:
+    return {"id": op_id, "callback": callback, "kwargs": {}, "max-retry": None,
+            "requested-at": "2026-11-25T10:00:00+00:00", **extra}  # fmt: skip
+
+
+def identity_secret(cluster: EtcdCluster) -> testing.Secret:
+    identity = cluster.client_identity
+    return testing.Secret(
+        {"key": identity.key_pem, "cert": identity.cert_pem}, label=LABEL, owner="app"
+    )
+
+
+@dataclass
+class EtcdWiring:
+    """Relation, secrets and config that connect the charm to a test-bed etcd."""
+
+    cluster: EtcdCluster
+    relation: testing.Relation
+    secrets: list[testing.Secret]
+    config: dict[str, str | int]
+
+    def state(self, *relations: testing.RelationBase, **kwargs: Any) -> testing.State:
+        return testing.State(
+            relations={self.relation, *relations},
+            secrets=set(self.secrets),
+            config={**self.config, **kwargs.pop("config", {})},
+            **kwargs,
+        )
+
+
+@pytest.fixture
+def wired(etcd: EtcdCluster) -> Iterator[EtcdWiring]:
+    """charmed-etcd's answer, as dpcharmlibs writes it, pointing at a real etcd."""
+    cluster_id = etcd.prefix.removeprefix("/rollingops/").rstrip("/")
+    user = testing.Secret({"username": etcd.client_cn})
+    tls = testing.Secret({"tls-ca": etcd.ca_file.read_text()})
+    response = {
+        "request-id": "r1",
+        "resource": etcd.prefix,
+        "endpoints": ",".join(etcd.endpoints),
+        "secret-user": user.id,
+        "secret-tls": tls.id,
+    }
+    relation = testing.Relation(
+        "etcd",
+        remote_app_name="etcd",
+        remote_app_data={"version": "v1", "requests": json.dumps([response])},
+    )
+    yield EtcdWiring(etcd, relation, [identity_secret(etcd), user, tls],
+                     {"cluster-id": cluster_id})  # fmt: skip
+
+
+def record_of(state: testing.State) -> UnitRecord:
+    relation = state.get_relations("cluster")[0]
+    return UnitRecord.model_validate_json(relation.local_unit_data["record"])
+
+
+def sub_bag(state: testing.State) -> dict[str, Any]:
+    relation = state.get_relations("rollingops")[0]
+    return {key: json.loads(value) if value and key != "protocol" else value
+            for key, value in relation.local_unit_data.items()}  # fmt: skip
+
+
+def empty_queue() -> UnitQueue:
+    return UnitQueue()
+
+
+def worker_hook(name: str) -> Any:
+    """One of the custom hooks the worker fires through juju-exec (``hooks/<name>``).
+
+    ``ctx.on.custom`` only reaches events of charm libraries, not the charm's own ``on``;
+    Scenario runs a charm-level event from its name.
+    """
+    return _Event(name)

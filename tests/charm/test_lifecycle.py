@@ -1,0 +1,139 @@
+"""Identity, etcd relation, worker lifecycle and status, with ops.testing."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+from conftest import UNIT, peer, unit_dir, worker_hook
+from ops import testing
+from rollingops_charm.identity import LABEL
+
+from rollingops.certificates import common_name, generate_client_identity
+from rollingops.worker_config import WorkerConfig
+
+
+def test_leader_creates_the_client_identity_in_an_app_secret(ctx, supervisor):
+    out = ctx.run(ctx.on.install(), testing.State(leader=True, relations={peer()}))
+    (secret,) = [s for s in out.secrets if s.label == LABEL]
+    assert secret.owner == "app"
+    content = secret.latest_content or {}
+    assert content["key"].startswith("-----BEGIN PRIVATE KEY-----")
+    assert common_name(content["cert"]).startswith("rollingops-rollingops-")
+    assert out.unit_status == testing.BlockedStatus("no backend: integrate with charmed-etcd")
+
+
+def test_leader_renews_an_identity_close_to_expiry(ctx, supervisor):
+    import datetime as dt
+
+    old = generate_client_identity(
+        "old", lifetime=dt.timedelta(days=10), now=dt.datetime.now(dt.timezone.utc)
+    )
+    secret = testing.Secret({"key": old.key_pem, "cert": old.cert_pem}, label=LABEL, owner="app")
+    out = ctx.run(ctx.on.update_status(), testing.State(leader=True, secrets={secret}))
+    renewed = out.get_secret(label=LABEL).latest_content or {}
+    assert renewed["cert"] != old.cert_pem
+    assert common_name(renewed["cert"]) != "old"
+
+
+def test_non_leader_waits_for_the_identity(ctx, supervisor):
+    state = testing.State(leader=False, relations={peer(), testing.Relation("etcd")})
+    out = ctx.run(ctx.on.start(), state)
+    assert out.unit_status == testing.WaitingStatus(
+        "waiting for the client certificate from the leader"
+    )
+    assert not [s for s in out.secrets if s.label == LABEL]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"cluster-id": "has/slash"}, "cluster-id invalid"),
+        ({"cluster-id": "x" * 64}, "cluster-id invalid"),
+        ({"cluster-id": "UPPER"}, "cluster-id invalid"),
+        ({"max-concurrent": 0}, "max-concurrent invalid"),
+        ({"lease-ttl": 1}, "lease-ttl invalid"),
+    ],
+)
+def test_bad_config_blocks_with_the_reason_and_stops_nothing_else(
+    ctx, supervisor, config, message
+):
+    out = ctx.run(ctx.on.config_changed(), testing.State(leader=True, config=config))
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert out.unit_status.message.startswith(message)
+
+
+def test_etcd_request_carries_prefix_and_certificate(ctx, supervisor):
+    etcd = testing.Relation("etcd", remote_app_name="etcd")
+    state = testing.State(
+        leader=True, relations={peer(), etcd}, config={"cluster-id": "web-restarts"}
+    )
+    out = ctx.run(ctx.on.relation_created(etcd), state)
+    out = ctx.run(ctx.on.update_status(), out)
+    local = out.get_relation(etcd.id).local_app_data
+    (sent,) = json.loads(local["requests"])
+    assert sent["resource"] == "/rollingops/web-restarts/"
+    mtls = out.get_secret(id=sent["secret-mtls"]).latest_content or {}
+    identity = out.get_secret(label=LABEL).latest_content or {}
+    assert mtls["mtls-cert"] == identity["cert"]
+    assert "BEGIN PRIVATE KEY" not in json.dumps(dict(local))
+
+
+def test_credentials_and_worker_config_are_private_and_the_worker_starts(
+    ctx, supervisor, wired, tmp_path
+):
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    directory = unit_dir(tmp_path)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for name in ("client.key", "client.pem", "etcd-ca.pem", "worker.json"):
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
+    config = WorkerConfig.load(directory / "worker.json")
+    assert config.unit == UNIT
+    assert config.etcd.endpoints == wired.cluster.endpoints
+    assert config.etcd.prefix == wired.cluster.prefix
+    assert supervisor.calls == [("ensure_running", True)]
+    assert out.unit_status == testing.ActiveStatus("idle (etcd, max-concurrent 1)")
+
+
+def test_worker_restarts_on_upgrade_and_config_change_only(ctx, supervisor, wired):
+    state = wired.state(peer(), leader=True)
+    ctx.run(ctx.on.update_status(), state)
+    ctx.run(ctx.on.update_status(), state)
+    ctx.run(ctx.on.upgrade_charm(), state)
+    ctx.run(ctx.on.config_changed(), wired.state(peer(), leader=True, config={"lease-ttl": 60}))
+    assert supervisor.calls == [
+        ("ensure_running", True),
+        ("ensure_running", False),
+        ("ensure_running", True),
+        ("ensure_running", True),
+    ]
+
+
+def test_etcd_relation_broken_stops_the_worker(ctx, supervisor, wired):
+    out = ctx.run(ctx.on.relation_broken(wired.relation), wired.state(peer(), leader=True))
+    assert supervisor.calls[-1] == ("remove", False)
+    assert out.unit_status == testing.BlockedStatus("no backend: integrate with charmed-etcd")
+
+
+def test_stop_removes_the_worker_and_the_unit_files(ctx, supervisor, wired, tmp_path):
+    state = wired.state(peer(), leader=True)
+    ctx.run(ctx.on.update_status(), state)
+    assert unit_dir(tmp_path).exists()
+    ctx.run(ctx.on.stop(), state)
+    assert supervisor.calls[-1] == ("remove", False)
+    assert not unit_dir(tmp_path).exists()
+
+
+def test_etcd_failed_hook_blocks_with_the_time(ctx, supervisor, wired):
+    supervisor.running = True
+    out = ctx.run(worker_hook("rollingops_etcd_failed"), wired.state(peer(), leader=True))
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert out.unit_status.message.startswith("etcd unreachable since ")
+
+
+def test_unreadable_peer_record_blocks_with_the_reason(ctx, supervisor):
+    broken = testing.PeerRelation("cluster", local_unit_data={"record": "{not json"})
+    out = ctx.run(ctx.on.update_status(), testing.State(leader=True, relations={broken}))
+    assert out.unit_status == testing.BlockedStatus("peer record unreadable: 1 errors")
+    assert out.get_relation(broken.id).local_unit_data["record"] == "{not json"
