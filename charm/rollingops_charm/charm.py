@@ -229,7 +229,7 @@ class RollingOpsCharm(ops.CharmBase):
         try:
             return UnitRecord.load(relation.data[self.unit])
         except ValueError as error:
-            logger.error("%s: leaving it untouched", error)
+            logger.warning("%s: leaving it untouched", error)
             return None
 
     def save_record(self, record: UnitRecord) -> None:

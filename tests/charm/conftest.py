@@ -4,7 +4,6 @@ wired to a real test-bed etcd when a test needs one."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +121,7 @@ class EtcdWiring:
 
 
 @pytest.fixture
-def wired(etcd: EtcdCluster) -> Iterator[EtcdWiring]:
+def wired(etcd: EtcdCluster) -> EtcdWiring:
     """charmed-etcd's answer, as dpcharmlibs writes it, pointing at a real etcd."""
     cluster_id = etcd.prefix.removeprefix("/rollingops/").rstrip("/")
     user = testing.Secret({"username": etcd.client_cn})
@@ -139,8 +138,8 @@ def wired(etcd: EtcdCluster) -> Iterator[EtcdWiring]:
         remote_app_name="etcd",
         remote_app_data={"version": "v1", "requests": json.dumps([response])},
     )
-    yield EtcdWiring(etcd, relation, [identity_secret(etcd), user, tls],
-                     {"cluster-id": cluster_id})  # fmt: skip
+    return EtcdWiring(etcd, relation, [identity_secret(etcd), user, tls],
+                      {"cluster-id": cluster_id})  # fmt: skip
 
 
 def record_of(state: testing.State) -> UnitRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import stat
 
@@ -25,8 +26,6 @@ def test_leader_creates_the_client_identity_in_an_app_secret(ctx, supervisor):
 
 
 def test_leader_renews_an_identity_close_to_expiry(ctx, supervisor):
-    import datetime as dt
-
     old = generate_client_identity(
         "old", lifetime=dt.timedelta(days=10), now=dt.datetime.now(dt.timezone.utc)
     )
