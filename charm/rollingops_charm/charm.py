@@ -29,7 +29,7 @@ from . import actions, exclusive
 from .config import CharmConfig, InvalidConfigError, etcd_prefix
 from .etcd_relation import EtcdConnection, EtcdRequirer
 from .identity import ensure_identity, read_identity
-from .intake import apply, take
+from .intake import Applied, apply, take
 from .paths import UnitPaths
 from .principal import PrincipalLink, subordinate_bag
 from .status import StatusInputs, unit_status
@@ -258,17 +258,17 @@ class RollingOpsCharm(ops.CharmBase):
         Requests become *seen* only once the transaction that queues them succeeded: if etcd is
         unreachable they stay in the principal's bag and are taken on a later hook.
         """
-        intake = take(self.principal.read(), record.queue, set(record.seen))
-        refused: list[Rejection] = []
+        applied = Applied([], [])
         with EtcdClient(settings) as client:
             store = self.store(client)
             snapshot = store.load()
             if snapshot.mod_revision == 0 and record.queue.has_work:
                 snapshot = store.update(lambda _: record.queue, snapshot)
+            intake = take(self.principal.read(), snapshot.queue, set(record.seen))
 
             def change(queue: UnitQueue) -> UnitQueue:
-                nonlocal refused
-                queue, refused = apply(queue, intake)
+                nonlocal applied
+                queue, applied = apply(queue, intake)
                 return queue
 
             snapshot = store.update(change, snapshot)
@@ -284,7 +284,8 @@ class RollingOpsCharm(ops.CharmBase):
             update={
                 "queue": snapshot.queue,
                 "seen": (*record.seen, *new_ids),
-                "rejected": (*record.rejected, *intake.rejected, *refused),
+                "rejected": _merge(record.rejected, [*intake.rejected, *applied.rejected]),
+                "merged": (*record.merged, *applied.merged),
                 "etcd_failure": None,
                 "position": position,
             }
@@ -349,6 +350,11 @@ class RollingOpsCharm(ops.CharmBase):
     def _on_run_exclusive(self, event: ops.ActionEvent) -> None:
         actions.run_exclusive(self, event)
         self._sync()
+
+
+def _merge(known: tuple[Rejection, ...], new: list[Rejection]) -> tuple[Rejection, ...]:
+    """Known rejections plus the new ones not reported yet (a bad item stays in the bag)."""
+    return (*known, *(r for r in dict.fromkeys(new) if r not in known))
 
 
 def _hook_runner() -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rollingops_principal import PrincipalBag, Rejection, Request, Result
+from rollingops_principal import Finished, PrincipalBag, Rejection, Request, Result
 
 from rollingops.models import Operation, OperationResult, UnitQueue
 
@@ -21,14 +21,14 @@ class Intake:
 
     operations: list[Operation]
     rejected: list[Rejection]
-    result: Result | None
-    """The principal's answer to the running attempt, if it is there and not applied yet."""
+    results: tuple[Result, ...]
+    """The principal's results; ``apply`` picks the one answering the running attempt."""
 
 
 def take(bag: PrincipalBag, queue: UnitQueue, seen: set[str]) -> Intake:
     """New valid requests become operations; invalid ones are rejected with a reason."""
     operations: list[Operation] = []
-    rejected = [r for r in bag.rejected if r.id not in seen or not r.id]
+    rejected = list(bag.rejected)
     taken: set[str] = set()
     for request in bag.requests:
         if request.id in seen or request.id in taken:
@@ -39,7 +39,7 @@ def take(bag: PrincipalBag, queue: UnitQueue, seen: set[str]) -> Intake:
             rejected.append(Rejection(id=request.id, reason=problem))
         else:
             operations.append(to_operation(request))
-    return Intake(operations, rejected, _answer(bag, queue))
+    return Intake(operations, rejected, bag.results)
 
 
 def to_operation(request: Request) -> Operation:
@@ -61,24 +61,45 @@ def _problem(request: Request, queue: UnitQueue) -> str:
     return ""
 
 
-def _answer(bag: PrincipalBag, queue: UnitQueue) -> Result | None:
+def _answer(results: tuple[Result, ...], queue: UnitQueue) -> Result | None:
+    """The result for the running attempt, if reported and not applied yet."""
     grant = queue.current
     if grant is None or grant.result is not None:
         return None
-    for result in bag.results:
+    for result in results:
         if result.id == grant.operation.id and result.attempt == grant.operation.attempt:
             return result
     return None
 
 
-def apply(queue: UnitQueue, intake: Intake) -> tuple[UnitQueue, list[Rejection]]:
-    """Enqueue and report; an operation the queue refuses (full, duplicate) is rejected."""
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply`` could not simply queue."""
+
+    rejected: list[Rejection]
+    merged: list[Finished]
+
+
+def apply(queue: UnitQueue, intake: Intake) -> tuple[UnitQueue, Applied]:
+    """Enqueue and report; an operation the queue refuses (full, duplicate) is rejected.
+
+    Runs inside the compare-and-swap on the etcd queue, so the result is matched against the
+    queue as it is in etcd, not against a copy.
+    """
     rejected: list[Rejection] = []
+    merged: list[Finished] = []
     for operation in intake.operations:
         try:
-            queue = queue.enqueue(operation)
+            grown = queue.enqueue(operation)
         except ValueError as error:
             rejected.append(Rejection(id=operation.id, reason=str(error)))
-    if intake.result is not None:
-        queue = queue.report(intake.result.id, OperationResult(intake.result.result))
-    return queue, rejected
+            continue
+        if grown is queue:
+            into = queue.pending[-1].id
+            merged.append(Finished(id=operation.id, outcome="merged", attempts=0,
+                                   reason=f"identical to waiting operation {into}"))  # fmt: skip
+        queue = grown
+    answer = _answer(intake.results, queue)
+    if answer is not None:
+        queue = queue.report(answer.id, OperationResult(answer.result))
+    return queue, Applied(rejected, merged)

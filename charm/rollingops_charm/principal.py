@@ -65,7 +65,8 @@ def subordinate_bag(record: UnitRecord, backend_ready: bool) -> SubordinateBag:
         state=_state(record, backend_ready),
         accepted=tuple(sorted(queue.operation_ids())),
         rejected=record.rejected,
-        finished=tuple(
+        finished=record.merged
+        + tuple(
             Finished(
                 id=entry.id,
                 outcome="done" if entry.outcome is Outcome.DONE else "dropped",

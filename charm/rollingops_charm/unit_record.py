@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Mapping, MutableMapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from rollingops_principal import Rejection
+from rollingops_principal import Finished, Rejection
 
 from rollingops.models import UnitQueue
 
@@ -60,6 +60,8 @@ class UnitRecord(BaseModel):
     queue: UnitQueue = Field(default_factory=UnitQueue)
     seen: tuple[str, ...] = ()
     rejected: tuple[Rejection, ...] = ()
+    merged: tuple[Finished, ...] = ()
+    """Requests that were identical to one still waiting (the seed's rule)."""
     etcd_failure: EtcdFailure | None = None
     exclusive_runs: tuple[ExclusiveRun, ...] = ()
     forced: tuple[ForcedRelease, ...] = ()
@@ -83,6 +85,7 @@ class UnitRecord(BaseModel):
             update={
                 "seen": self.seen[-SEEN_LIMIT:],
                 "rejected": self.rejected[-REPORT_LIMIT:],
+                "merged": self.merged[-REPORT_LIMIT:],
                 "exclusive_runs": self.exclusive_runs[-REPORT_LIMIT:],
                 "forced": self.forced[-REPORT_LIMIT:],
             }

@@ -94,10 +94,14 @@ class Rejection(_Model):
 
 
 class Finished(_Model):
-    """An operation that left the queue: done, or dropped after max-retry."""
+    """A request that needs no more waiting for.
+
+    ``done``: ran and released; ``dropped``: gave up after max-retry (``reason`` says why);
+    ``merged``: identical to a request still waiting (``reason`` names it), so it runs as that one.
+    """
 
     id: OperationId
-    outcome: Literal["done", "dropped"]
+    outcome: Literal["done", "dropped", "merged"]
     attempts: int
     reason: str = ""
 

@@ -148,9 +148,9 @@ def record_of(state: testing.State) -> UnitRecord:
 
 
 def sub_bag(state: testing.State) -> dict[str, Any]:
-    relation = state.get_relations("rollingops")[0]
-    return {key: json.loads(value) if value and key != "protocol" else value
-            for key, value in relation.local_unit_data.items()}  # fmt: skip
+    data = state.get_relations("rollingops")[0].local_unit_data
+    keys = ("granted", "state", "accepted", "rejected", "finished")
+    return {"protocol": data["protocol"]} | {k: json.loads(data.get(k) or "null") for k in keys}
 
 
 def empty_queue() -> UnitQueue:
