@@ -3,6 +3,7 @@ wired to a real test-bed etcd when a test needs one."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,8 +92,9 @@ def principal_relation(**bag: Any) -> testing.SubordinateRelation:
 
 
 def request(op_id: str, callback: str = "restart", **extra: Any) -> dict[str, Any]:
+    requested_at = dt.datetime.now(dt.timezone.utc).isoformat()
     return {"id": op_id, "callback": callback, "kwargs": {}, "max-retry": None,
-            "requested-at": "2026-11-25T10:00:00+00:00", **extra}  # fmt: skip
+            "requested-at": requested_at, **extra}  # fmt: skip
 
 
 def identity_secret(cluster: EtcdCluster) -> testing.Secret:

@@ -1,0 +1,135 @@
+"""Operator actions on ops.testing and a real etcd: structured results, clear failures."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import UNIT, peer, principal_relation, record_of, request
+from ops import testing
+from test_protocol import changed, etcd_queue, finish, update_etcd_queue
+from testbed.workers import DOMAIN, settings_for
+
+from rollingops.control import DomainControl
+from rollingops.etcd_client import EtcdClient
+from rollingops.lease import Lease
+from rollingops.models import OperationResult, utcnow
+from rollingops.semaphore import FairSemaphore
+from rollingops.store import waiters_prefix
+
+
+def hold_lock(client: EtcdClient, prefix: str, owner: str, ttl: int = 30) -> FairSemaphore:
+    lease = Lease(client, ttl)
+    semaphore = FairSemaphore(client, waiters_prefix(prefix, DOMAIN), 1, lease, owner)
+    semaphore.acquire(timeout=5)
+    return semaphore
+
+
+def test_lock_status_shows_holders_queue_and_health(ctx, supervisor, wired):
+    supervisor.running = True
+    out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
+    with EtcdClient(settings_for(wired.cluster)) as client:
+        holder = hold_lock(client, wired.cluster.prefix, "other/3")
+        waiter = FairSemaphore(client, waiters_prefix(wired.cluster.prefix, DOMAIN), 1,
+                               Lease(client, 30), UNIT)  # fmt: skip
+        client.put(waiter.key, UNIT.encode(), waiter._lease.id)
+        ctx.run(ctx.on.action("lock-status"), out)
+    results = ctx.action_results or {}
+    assert results["backend"] == "etcd"
+    assert results["etcd-reachable"] is True
+    assert results["worker-running"] is True
+    assert results["holders"] == {"1": {"unit": "other/3", "token": holder.token}}
+    assert results["domain-queue"] == {
+        "1": {"unit": UNIT, "token": results["domain-queue"]["1"]["token"]}
+    }
+    assert results["queue"]["pending"] == {"1": {"op": "op1", "callback": "restart", "attempt": 0}}
+    assert results["paused"] is False
+
+
+def test_lock_status_without_etcd_says_so(ctx, supervisor):
+    ctx.run(ctx.on.action("lock-status"), testing.State(leader=True, relations={peer()}))
+    results = ctx.action_results or {}
+    assert (results["backend"], results["etcd-reachable"]) == ("none", False)
+
+
+def test_history_reports_waited_held_and_outcome(ctx, supervisor, wired):
+    out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
+    update_etcd_queue(wired, lambda q: q.claim(5, utcnow()))
+    finish(wired, OperationResult.RELEASE)
+    out = ctx.run(ctx.on.update_status(), out)
+    ctx.run(ctx.on.action("history", params={"count": 5}), out)
+    results = ctx.action_results or {}
+    entry = results["operations"]["1"]
+    assert results["count"] == 1
+    assert (entry["op"], entry["outcome"], entry["attempts"], entry["token"]) == (
+        "op1",
+        "done",
+        1,
+        5,
+    )
+    assert entry["waited"] > 0
+    assert entry["held"] >= 0
+
+
+def test_pause_stops_new_grants_until_resume(ctx, supervisor, wired):
+    state = wired.state(peer(), leader=True)
+    ctx.run(ctx.on.action("pause", params={"reason": "maintenance window"}), state)
+    assert (ctx.action_results or {})["paused"] is True
+    with EtcdClient(settings_for(wired.cluster)) as client:
+        control = DomainControl(client, wired.cluster.prefix, DOMAIN, 1)
+        pause = control.paused()
+        assert pause is not None
+        assert (pause.reason, pause.by) == ("maintenance window", UNIT)
+        ctx.run(ctx.on.action("resume"), state)
+        assert control.paused() is None
+    assert (ctx.action_results or {})["resumed"] is True
+
+
+def test_force_release_revokes_the_holder_and_records_why(ctx, supervisor, wired):
+    state = wired.state(peer(), leader=True)
+    params = {"unit": "stuck/1", "reason": "hung restart"}
+    with EtcdClient(settings_for(wired.cluster)) as client:
+        stuck = hold_lock(client, wired.cluster.prefix, "stuck/1", ttl=3)
+        token = stuck.token
+        out = ctx.run(ctx.on.action("force-release", params=params), state)
+        assert DomainControl(client, wired.cluster.prefix, DOMAIN, 1).contenders() == []
+        assert stuck._lease.lost.wait(10), "the stuck holder must learn it lost the lock"
+        assert not stuck.is_held()
+    assert (ctx.action_results or {})["released-tokens"] == str(token)
+    (forced,) = record_of(out).forced
+    assert (forced.unit, forced.tokens, forced.reason) == ("stuck/1", [token], "hung restart")
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "message"),
+    [
+        ("force-release", {"unit": "nobody/0", "reason": "x"}, "nobody/0 holds no lock"),
+        ("force-release", {"unit": "a/0", "reason": "  "}, "a reason is required"),
+        ("pause", {"reason": " "}, "a reason is required"),
+        ("run-exclusive", {"command": ""}, "command: the command must be a non-empty list"),
+        ("run-exclusive", {"command": "echo 'unbalanced"}, "command: No closing quotation"),
+    ],
+)
+def test_actions_fail_with_a_clear_message_and_change_nothing(
+    ctx, supervisor, wired, action, params, message
+):
+    state = wired.state(peer(), leader=True)
+    with pytest.raises(testing.ActionFailed) as failed:
+        ctx.run(ctx.on.action(action, params=params), state)
+    assert failed.value.message.startswith(message)
+    assert etcd_queue(wired).pending == ()
+
+
+@pytest.mark.parametrize(
+    ("action", "params"),
+    [
+        ("pause", {"reason": "x"}),
+        ("resume", {}),
+        ("force-release", {"unit": "a/0", "reason": "x"}),
+        ("run-exclusive", {"command": "true"}),
+    ],
+)
+def test_actions_needing_etcd_fail_without_it(ctx, supervisor, action, params):
+    with pytest.raises(testing.ActionFailed) as failed:
+        ctx.run(
+            ctx.on.action(action, params=params), testing.State(leader=True, relations={peer()})
+        )
+    assert failed.value.message.startswith("etcd is not available")
