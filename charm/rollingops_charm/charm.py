@@ -67,6 +67,8 @@ class RollingOpsCharm(ops.CharmBase):
     def __init__(self, framework: ops.Framework) -> None:
         super().__init__(framework)
         self.config_error = ""
+        self._credentials_changed = False
+        """A key, certificate or CA file changed in this hook: the worker must reload."""
         self.settings: CharmConfig | None = None
         try:
             self.settings = CharmConfig.parse(self.config)
@@ -154,7 +156,7 @@ class RollingOpsCharm(ops.CharmBase):
         if settings is None:
             self._supervisor().remove()
         else:
-            changed = self._write_worker_config(settings)
+            changed = self._write_worker_config(settings) or self._credentials_changed
             self._supervisor().ensure_running(restart=restart or changed)
         self._sync()
 
@@ -181,9 +183,12 @@ class RollingOpsCharm(ops.CharmBase):
             return None
         paths = self.paths
         private_dir(paths.root)
-        write_private(paths.client_key, self.identity.key_pem)
-        write_private(paths.client_cert, self.identity.cert_pem)
-        write_private(paths.etcd_ca, connection.ca_pem)
+        written = [
+            write_private(paths.client_key, self.identity.key_pem),
+            write_private(paths.client_cert, self.identity.cert_pem),
+            write_private(paths.etcd_ca, connection.ca_pem),
+        ]
+        self._credentials_changed = self._credentials_changed or any(written)
         return EtcdSettings(
             endpoints=connection.endpoints,
             ca_file=paths.etcd_ca,

@@ -10,6 +10,7 @@ import pytest
 from conftest import UNIT, peer, unit_dir, worker_hook
 from ops import testing
 from rollingops_charm.identity import LABEL
+from testbed.pki import CertificateAuthority
 
 from rollingops.certificates import common_name, generate_client_identity
 from rollingops.worker_config import WorkerConfig
@@ -107,6 +108,26 @@ def test_worker_restarts_on_upgrade_and_config_change_only(ctx, supervisor, wire
         ("ensure_running", True),
         ("ensure_running", True),
     ]
+
+
+def test_ca_rotation_and_certificate_renewal_restart_the_worker(ctx, supervisor, wired):
+    ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    bundle = wired.cluster.ca_file.read_text() + CertificateAuthority.generate().cert_pem
+    rotated_ca = testing.Secret({"tls-ca": bundle}, id=wired.secrets[2].id)
+    secrets = [wired.secrets[0], wired.secrets[1], rotated_ca]
+    state = testing.State(relations={wired.relation, peer()}, secrets=set(secrets),
+                          config=wired.config, leader=True)  # fmt: skip
+    ctx.run(ctx.on.update_status(), state)
+    renewed = generate_client_identity("renewed")
+    secrets[0] = testing.Secret({"key": renewed.key_pem, "cert": renewed.cert_pem}, label=LABEL,
+                                owner="app", id=secrets[0].id)  # fmt: skip
+    ctx.run(
+        ctx.on.update_status(),
+        testing.State(
+            relations={wired.relation, peer()}, secrets=set(secrets), config=wired.config
+        ),
+    )
+    assert supervisor.calls == [("ensure_running", True)] * 3
 
 
 def test_etcd_relation_broken_stops_the_worker(ctx, supervisor, wired):
