@@ -96,8 +96,14 @@ def apply(queue: UnitQueue, intake: Intake) -> tuple[UnitQueue, Applied]:
             continue
         if grown is queue:
             into = queue.pending[-1].id
-            merged.append(Finished(id=operation.id, outcome="merged", attempts=0,
-                                   reason=f"identical to waiting operation {into}"))  # fmt: skip
+            merged.append(
+                Finished(
+                    id=operation.id,
+                    outcome="merged",
+                    attempts=0,
+                    reason=f"identical to waiting operation {into}",
+                )
+            )
         queue = grown
     answer = _answer(intake.results, queue)
     if answer is not None:

@@ -34,6 +34,8 @@ def _kebab(name: str) -> str:
 
 
 class _Model(BaseModel):
+    """What the principal writes: unknown fields are refused (they could change meaning)."""
+
     model_config = ConfigDict(
         frozen=True, extra="forbid", alias_generator=_kebab, populate_by_name=True
     )
@@ -74,7 +76,15 @@ class Result(_Model):
     finished_at: dt.datetime
 
 
-class Grant(_Model):
+class _Reported(_Model):
+    """What the subordinate writes: unknown fields are ignored (additive changes, same version)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", alias_generator=_kebab, populate_by_name=True
+    )
+
+
+class Grant(_Reported):
     """The operation the principal may run now, with the lock's fencing token."""
 
     id: OperationId
@@ -86,14 +96,14 @@ class Grant(_Model):
     backend: BackendName
 
 
-class Rejection(_Model):
+class Rejection(_Reported):
     """A request the subordinate refused, and why; ``id`` is as sent (may be empty)."""
 
     id: str
     reason: str
 
 
-class Finished(_Model):
+class Finished(_Reported):
     """A request that needs no more waiting for.
 
     ``done``: ran and released; ``dropped``: gave up after max-retry (``reason`` says why);
@@ -106,7 +116,7 @@ class Finished(_Model):
     reason: str = ""
 
 
-class SubordinateState(_Model):
+class SubordinateState(_Reported):
     """What the subordinate is doing for this principal unit."""
 
     backend: BackendName | None
@@ -136,8 +146,11 @@ class PrincipalBag(_Model):
                 for r in requests[MAX_REQUESTS:]
             ]
             requests = requests[:MAX_REQUESTS]
-        return cls(requests=tuple(requests), results=tuple(results),
-                   rejected=tuple(rejected + bad_results))  # fmt: skip
+        return cls(
+            requests=tuple(requests),
+            results=tuple(results),
+            rejected=tuple(rejected + bad_results),
+        )
 
     def to_databag(self) -> dict[str, str]:
         """What a principal writes (used by the principal library and by tests)."""
@@ -147,7 +160,7 @@ class PrincipalBag(_Model):
         }
 
 
-class SubordinateBag(_Model):
+class SubordinateBag(_Reported):
     """The subordinate unit's databag."""
 
     protocol: Literal["1"] = PROTOCOL_VERSION
@@ -174,8 +187,9 @@ class SubordinateBag(_Model):
         """Read what a subordinate wrote; raises ``ValueError`` if it is not protocol v1."""
         if data.get("protocol") != PROTOCOL_VERSION:
             raise ValueError(f"unsupported protocol {data.get('protocol')!r}")
-        loaded = {key: json.loads(value) for key, value in data.items()
-                  if key != "protocol" and value}  # fmt: skip
+        loaded = {
+            key: json.loads(value) for key, value in data.items() if key != "protocol" and value
+        }
         return cls.model_validate(loaded)
 
 

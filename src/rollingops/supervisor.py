@@ -55,23 +55,25 @@ class WorkerCommand:
 def render_unit_file(command: WorkerCommand) -> str:
     """The systemd unit of one worker."""
     env = " ".join(f'"{k}={v}"' for k, v in command.environment().items())
-    return "\n".join([
-        "[Unit]",
-        f"Description=rollingops worker of {command.unit}",
-        "After=network-online.target",
-        "",
-        "[Service]",
-        f"ExecStart={' '.join(command.argv())}",
-        f"Environment={env}",
-        "Restart=on-failure",
-        "RestartSec=5",
-        "KillSignal=SIGTERM",
-        "TimeoutStopSec=15",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "[Unit]",
+            f"Description=rollingops worker of {command.unit}",
+            "After=network-online.target",
+            "",
+            "[Service]",
+            f"ExecStart={' '.join(command.argv())}",
+            f"Environment={env}",
+            "Restart=on-failure",
+            "RestartSec=5",
+            "KillSignal=SIGTERM",
+            "TimeoutStopSec=15",
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]
+    )
 
 
 class SystemdSupervisor:

@@ -93,8 +93,14 @@ def principal_relation(**bag: Any) -> testing.SubordinateRelation:
 
 def request(op_id: str, callback: str = "restart", **extra: Any) -> dict[str, Any]:
     requested_at = dt.datetime.now(dt.timezone.utc).isoformat()
-    return {"id": op_id, "callback": callback, "kwargs": {}, "max-retry": None,
-            "requested-at": requested_at, **extra}  # fmt: skip
+    return {
+        "id": op_id,
+        "callback": callback,
+        "kwargs": {},
+        "max-retry": None,
+        "requested-at": requested_at,
+        **extra,
+    }
 
 
 def identity_secret(cluster: EtcdCluster) -> testing.Secret:
@@ -140,8 +146,9 @@ def wired(etcd: EtcdCluster) -> EtcdWiring:
         remote_app_name="etcd",
         remote_app_data={"version": "v1", "requests": json.dumps([response])},
     )
-    return EtcdWiring(etcd, relation, [identity_secret(etcd), user, tls],
-                      {"cluster-id": cluster_id})  # fmt: skip
+    return EtcdWiring(
+        etcd, relation, [identity_secret(etcd), user, tls], {"cluster-id": cluster_id}
+    )
 
 
 def record_of(state: testing.State) -> UnitRecord:

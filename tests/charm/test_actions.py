@@ -28,8 +28,9 @@ def test_lock_status_shows_holders_queue_and_health(ctx, supervisor, wired):
     out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
     with EtcdClient(settings_for(wired.cluster)) as client:
         holder = hold_lock(client, wired.cluster.prefix, "other/3")
-        waiter = FairSemaphore(client, waiters_prefix(wired.cluster.prefix, DOMAIN), 1,
-                               Lease(client, 30), UNIT)  # fmt: skip
+        waiter = FairSemaphore(
+            client, waiters_prefix(wired.cluster.prefix, DOMAIN), 1, Lease(client, 30), UNIT
+        )
         client.put(waiter.key, UNIT.encode(), waiter._lease.id)
         ctx.run(ctx.on.action("lock-status"), out)
     results = ctx.action_results or {}

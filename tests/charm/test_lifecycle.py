@@ -115,12 +115,17 @@ def test_ca_rotation_and_certificate_renewal_restart_the_worker(ctx, supervisor,
     bundle = wired.cluster.ca_file.read_text() + CertificateAuthority.generate().cert_pem
     rotated_ca = testing.Secret({"tls-ca": bundle}, id=wired.secrets[2].id)
     secrets = [wired.secrets[0], wired.secrets[1], rotated_ca]
-    state = testing.State(relations={wired.relation, peer()}, secrets=set(secrets),
-                          config=wired.config, leader=True)  # fmt: skip
+    state = testing.State(
+        relations={wired.relation, peer()}, secrets=set(secrets), config=wired.config, leader=True
+    )
     ctx.run(ctx.on.update_status(), state)
     renewed = generate_client_identity("renewed")
-    secrets[0] = testing.Secret({"key": renewed.key_pem, "cert": renewed.cert_pem}, label=LABEL,
-                                owner="app", id=secrets[0].id)  # fmt: skip
+    secrets[0] = testing.Secret(
+        {"key": renewed.key_pem, "cert": renewed.cert_pem},
+        label=LABEL,
+        owner="app",
+        id=secrets[0].id,
+    )
     ctx.run(
         ctx.on.update_status(),
         testing.State(

@@ -15,8 +15,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKED = Path(__file__).parent / "packed"
-TOOLS = ("juju-log", "config-get", "is-leader", "relation-ids", "action-get", "secret-get",
-         "status-set", "application-version-set", "goal-state", "juju-reboot")  # fmt: skip
+TOOLS = (
+    "juju-log",
+    "config-get",
+    "is-leader",
+    "relation-ids",
+    "action-get",
+    "secret-get",
+    "status-set",
+    "application-version-set",
+    "goal-state",
+    "juju-reboot",
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +37,23 @@ def charm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build = tmp_path_factory.mktemp("packed")
     charm = build / "charm"
     (charm / "src").mkdir(parents=True)
-    subprocess.run([uv, "build", "--wheel", "-q", "-o", str(build / "dist"), str(ROOT)],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        [uv, "build", "--wheel", "-q", "-o", str(build / "dist"), str(ROOT)], check=True
+    )
     (wheel,) = (build / "dist").glob("*.whl")
     subprocess.run([uv, "venv", "-q", "-p", "3.11", str(charm / "venv")], check=True)
-    subprocess.run([uv, "pip", "install", "-q", "--python", str(charm / "venv" / "bin" / "python"),
-                    str(wheel)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            uv,
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(charm / "venv" / "bin" / "python"),
+            str(wheel),
+        ],
+        check=True,
+    )
     shutil.copy(ROOT / "src" / "charm.py", charm / "src" / "charm.py")
     for name in ("metadata.yaml", "actions.yaml", "config.yaml"):
         shutil.copy(ROOT / name, charm / name)
@@ -56,8 +77,15 @@ def dispatch(charm: Path, hook: str, log: Path) -> subprocess.CompletedProcess[s
         "FAKE_HOOK_TOOLS_LOG": str(log),
         "ROLLINGOPS_STATE_DIR": str(charm.parent / "state"),
     }
-    return subprocess.run([str(charm / "dispatch")], cwd=charm, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)  # fmt: skip
+    return subprocess.run(
+        [str(charm / "dispatch")],
+        cwd=charm,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_a_juju_hook_runs_the_charm_in_charm_dir(charm_dir, tmp_path):

@@ -110,8 +110,14 @@ def test_a_request_identical_to_a_waiting_one_is_merged_and_reported(ctx, superv
     principal = principal_relation(requests=[request("first"), request("second")])
     bag = sub_bag(changed(ctx, wired, principal))
     assert bag["accepted"] == ["first"]
-    assert bag["finished"] == [{"id": "second", "outcome": "merged", "attempts": 0,
-                                "reason": "identical to waiting operation first"}]  # fmt: skip
+    assert bag["finished"] == [
+        {
+            "id": "second",
+            "outcome": "merged",
+            "attempts": 0,
+            "reason": "identical to waiting operation first",
+        }
+    ]
     assert [op.id for op in etcd_queue(wired).pending] == ["first"]
 
 
@@ -132,17 +138,25 @@ def test_grant_is_published_with_the_fencing_token(ctx, supervisor, wired):
     granted = sub_bag(out)["granted"]
     keys = ("id", "callback", "kwargs", "attempt", "token", "backend")
     assert {k: granted[k] for k in keys} == {
-        "id": "op1", "callback": "restart", "kwargs": {"a": 1}, "attempt": 1, "token": 42,
+        "id": "op1",
+        "callback": "restart",
+        "kwargs": {"a": 1},
+        "attempt": 1,
+        "token": 42,
         "backend": "etcd",
-    }  # fmt: skip
+    }
     assert out.unit_status.message.startswith("holding lock: restart (op op1, ")
 
 
 def test_result_for_the_running_attempt_is_reported_to_etcd(ctx, supervisor, wired):
     out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
     update_etcd_queue(wired, lambda q: q.claim(42, utcnow()))
-    result = {"id": "op1", "result": "retry-hold", "attempt": 1,
-              "finished-at": "2026-11-25T10:01:00Z"}  # fmt: skip
+    result = {
+        "id": "op1",
+        "result": "retry-hold",
+        "attempt": 1,
+        "finished-at": "2026-11-25T10:01:00Z",
+    }
     principal = principal_relation(requests=[request("op1")], results=[result])
     changed(ctx, wired, principal, record=record_of(out))
     current = etcd_queue(wired).current
@@ -156,8 +170,12 @@ def test_a_result_for_an_earlier_attempt_is_not_applied(ctx, supervisor, wired):
     update_etcd_queue(
         wired, lambda q: q.report("op1", OperationResult.RETRY_HOLD).finish(utcnow())[0]
     )
-    stale = {"id": "op1", "result": "retry-hold", "attempt": 1,
-             "finished-at": "2026-11-25T10:01:00Z"}  # fmt: skip
+    stale = {
+        "id": "op1",
+        "result": "retry-hold",
+        "attempt": 1,
+        "finished-at": "2026-11-25T10:01:00Z",
+    }
     changed(ctx, wired, principal_relation(results=[stale]), record=record_of(out))
     current = etcd_queue(wired).current
     assert current is not None

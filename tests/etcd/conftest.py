@@ -67,10 +67,21 @@ def contenders(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Callable[..., Cont
 
     def start(owner: str, capacity: int = 1, ttl: int = 5, hold: float = 0.0) -> Contender:
         argv = [
-            sys.executable, str(HERE / "lock_client.py"), "--settings", str(settings_file),
-            "--waiters", waiters_prefix(etcd.prefix, DOMAIN), "--owner", owner,
-            "--capacity", str(capacity), "--ttl", str(ttl), "--hold", str(hold),
-        ]  # fmt: skip
+            sys.executable,
+            str(HERE / "lock_client.py"),
+            "--settings",
+            str(settings_file),
+            "--waiters",
+            waiters_prefix(etcd.prefix, DOMAIN),
+            "--owner",
+            owner,
+            "--capacity",
+            str(capacity),
+            "--ttl",
+            str(ttl),
+            "--hold",
+            str(hold),
+        ]
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         contender = Contender(process, owner)
         started.append(contender)

@@ -40,13 +40,15 @@ def timeline(farm: WorkerFarm, requested: float) -> list[dict[str, Any]]:
     rows = []
     for unit in UNITS:
         records = {r["event"]: r for r in farm.records() if r["unit"] == unit}
-        rows.append({
-            "unit": unit,
-            "waited": records["start"]["ts"] - requested,
-            "held": records["end"]["ts"] - records["start"]["ts"],
-            "token": records["start"]["token"],
-            "backend": "etcd",
-        })  # fmt: skip
+        rows.append(
+            {
+                "unit": unit,
+                "waited": records["start"]["ts"] - requested,
+                "held": records["end"]["ts"] - records["start"]["ts"],
+                "token": records["start"]["token"],
+                "backend": "etcd",
+            }
+        )
     return sorted(rows, key=lambda row: row["token"])
 
 

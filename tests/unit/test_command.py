@@ -11,8 +11,14 @@ from rollingops.command import OUTPUT_LIMIT, run_command, to_argv
 
 def test_a_string_is_split_like_a_shell_but_never_run_by_one():
     assert to_argv("systemctl restart 'my unit' ; rm -rf /") == [
-        "systemctl", "restart", "my unit", ";", "rm", "-rf", "/",
-    ]  # fmt: skip
+        "systemctl",
+        "restart",
+        "my unit",
+        ";",
+        "rm",
+        "-rf",
+        "/",
+    ]
     outcome = run_command(to_argv("echo $(whoami) ; `id` | cat"), timeout=10)
     assert (outcome.exit_code, outcome.output) == (0, "$(whoami) ; `id` | cat\n")
 
