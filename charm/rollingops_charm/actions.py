@@ -7,9 +7,11 @@ nothing then.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ops
+from pydantic import JsonValue
 
 from rollingops.command import to_argv
 from rollingops.etcd_client import EtcdClient, EtcdError
@@ -22,15 +24,8 @@ from .unit_record import ForcedRelease
 if TYPE_CHECKING:
     from .charm import RollingOpsCharm
 
+_T = TypeVar("_T")
 _NO_ETCD = "etcd is not available (no relation, no credentials yet, or invalid config)"
-
-
-def _client(charm: RollingOpsCharm, event: ops.ActionEvent) -> EtcdClient | None:
-    settings = charm.etcd_settings()
-    if settings is None:
-        event.fail(_NO_ETCD)
-        return None
-    return EtcdClient(settings)
 
 
 def _indexed(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -134,20 +129,40 @@ def history(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
     )
 
 
-def force_release(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
-    """Take the lock away from a stuck holder; the reason is recorded."""
-    owner, reason = str(event.params["unit"]), str(event.params["reason"]).strip()
-    if not reason:
-        event.fail("a reason is required")
-        return
-    client = _client(charm, event)
-    if client is None:
-        return
+def _with_etcd(
+    charm: RollingOpsCharm, event: ops.ActionEvent, use: Callable[[EtcdClient], _T]
+) -> _T | None:
+    """Run ``use`` with a client; on any etcd or queue problem, fail the action, return None."""
+    settings = charm.etcd_settings()
+    if settings is None:
+        event.fail(_NO_ETCD)
+        return None
     try:
-        with client:
-            tokens = charm.domain(client).force_release(owner)
+        with EtcdClient(settings) as client:
+            return use(client)
     except EtcdError as error:
         event.fail(f"etcd: {error}")
+    except ValueError as error:  # the queue refused (full, duplicate id)
+        event.fail(str(error))
+    return None
+
+
+def _reason(event: ops.ActionEvent) -> str | None:
+    """The action's ``reason``; fails the action when it is blank."""
+    reason = str(event.params["reason"]).strip()
+    if not reason:
+        event.fail("a reason is required")
+        return None
+    return reason
+
+
+def force_release(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
+    """Take the lock away from a stuck holder; the reason is recorded."""
+    owner, reason = str(event.params["unit"]), _reason(event)
+    if reason is None:
+        return
+    tokens = _with_etcd(charm, event, lambda client: charm.domain(client).force_release(owner))
+    if tokens is None:
         return
     if not tokens:
         event.fail(f"{owner} holds no lock")
@@ -163,34 +178,19 @@ def force_release(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
 
 def pause(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
     """No new grants in the whole domain until ``resume``."""
-    reason = str(event.params["reason"]).strip()
-    if not reason:
-        event.fail("a reason is required")
+    reason = _reason(event)
+    if reason is None:
         return
-    client = _client(charm, event)
-    if client is None:
-        return
-    try:
-        with client:
-            done = charm.domain(client).pause(reason, by=charm.unit.name)
-    except EtcdError as error:
-        event.fail(f"etcd: {error}")
-        return
-    event.set_results({"paused": True, "reason": done.reason, "since": done.since.isoformat()})
+    done = _with_etcd(charm, event, lambda c: charm.domain(c).pause(reason, by=charm.unit.name))
+    if done is not None:
+        event.set_results({"paused": True, "reason": done.reason, "since": done.since.isoformat()})
 
 
 def resume(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
     """Grants go on."""
-    client = _client(charm, event)
-    if client is None:
-        return
-    try:
-        with client:
-            was_paused = charm.domain(client).resume()
-    except EtcdError as error:
-        event.fail(f"etcd: {error}")
-        return
-    event.set_results({"resumed": was_paused})
+    was_paused = _with_etcd(charm, event, lambda client: charm.domain(client).resume())
+    if was_paused is not None:
+        event.set_results({"resumed": was_paused})
 
 
 def run_exclusive(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
@@ -200,21 +200,13 @@ def run_exclusive(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
     except ValueError as error:
         event.fail(f"command: {error}")
         return
-    timeout = float(event.params.get("timeout", 300))
     op = Operation(
         id=f"exclusive-{secrets.token_hex(4)}",
         callback=EXCLUSIVE,
-        kwargs={"argv": argv, "timeout": timeout},  # type: ignore[dict-item]
+        kwargs={"argv": list[JsonValue](argv), "timeout": float(event.params.get("timeout", 300))},
         max_retry=int(event.params.get("max-retry", 0)),
         requested_at=utcnow(),
     )
-    client = _client(charm, event)
-    if client is None:
-        return
-    try:
-        with client:
-            charm.store(client).update(lambda queue: queue.enqueue(op))
-    except (EtcdError, ValueError) as error:
-        event.fail(f"not queued: {error}")
-        return
-    event.set_results({"op": op.id, "queued": True, "argv": " ".join(argv)})
+    queued = _with_etcd(charm, event, lambda c: charm.store(c).update(lambda q: q.enqueue(op)))
+    if queued is not None:
+        event.set_results({"op": op.id, "queued": True, "argv": " ".join(argv)})
