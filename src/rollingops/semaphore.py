@@ -76,21 +76,28 @@ class FairSemaphore:
         ``LeaseLostError`` when the lease is lost while waiting.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        stream = self._watch_deletions()
+        stream: WatchStream | None = None
         try:
             view = self._enter()
             while (token := self._holding_token(view.kvs)) is None:
+                if stream is None:
+                    # Only a waiter watches; the watch exists before the read that it follows.
+                    stream = self._watch_deletions()
+                    view = self._view()
+                    continue
                 try:
                     self._wait_for_deletion(stream, view, deadline, cancel)
                 except WatchBrokenError:
                     stream.close()
-                    stream = self._watch_deletions()
+                    stream = None
+                    continue
                 view = self._view()
         except BaseException:
             self._leave()
             raise
         finally:
-            stream.close()
+            if stream is not None:
+                stream.close()
         self.token = token
         return token
 
