@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import stat
@@ -133,6 +134,24 @@ def test_ca_rotation_and_certificate_renewal_restart_the_worker(ctx, supervisor,
         ),
     )
     assert supervisor.calls == [("ensure_running", True)] * 3
+
+
+def test_changed_endpoints_rewrite_the_worker_config_and_restart_it(
+    ctx, supervisor, wired, tmp_path
+):
+    ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    requests = json.loads(wired.relation.remote_app_data["requests"])
+    requests[0]["endpoints"] = ",".join([*wired.cluster.endpoints, "https://127.0.0.1:1"])
+    moved = dataclasses.replace(
+        wired.relation,
+        remote_app_data={**wired.relation.remote_app_data, "requests": json.dumps(requests)},
+    )
+    state = testing.State(relations={moved, peer()}, secrets=set(wired.secrets),
+                          config=wired.config, leader=True)  # fmt: skip
+    ctx.run(ctx.on.update_status(), state)
+    config = WorkerConfig.load(unit_dir(tmp_path) / "worker.json")
+    assert config.etcd.endpoints == [*wired.cluster.endpoints, "127.0.0.1:1"]
+    assert supervisor.calls == [("ensure_running", True), ("ensure_running", True)]
 
 
 def test_etcd_relation_broken_stops_the_worker(ctx, supervisor, wired):
