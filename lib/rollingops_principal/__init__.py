@@ -1,4 +1,4 @@
-"""The principal side of rollingops: protocol v1 models shared with the subordinate charm."""
+"""The principal side of rollingops: ``RollingOps`` and the protocol v1 models."""
 
 from .protocol import (
     PROTOCOL_VERSION,
@@ -11,15 +11,19 @@ from .protocol import (
     SubordinateBag,
     SubordinateState,
 )
+from .rollingops import LockGrantedEvent, RollingOps, RollingOpsError
 
 __all__ = [
     "PROTOCOL_VERSION",
     "Finished",
     "Grant",
+    "LockGrantedEvent",
     "PrincipalBag",
     "Rejection",
     "Request",
     "Result",
+    "RollingOps",
+    "RollingOpsError",
     "SubordinateBag",
     "SubordinateState",
 ]

@@ -1,0 +1,210 @@
+"""The principal-side library on ops.testing: requests out, grants in, results back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import ops
+import pytest
+from ops import testing
+from rollingops_principal import (
+    RollingOps,
+    RollingOpsError,
+    SubordinateBag,
+    SubordinateState,
+)
+from rollingops_principal.protocol import Finished, Grant, Rejection
+
+META = {"name": "principal", "provides": {"rollingops": {"interface": "rollingops"}}}
+ACTIONS = {"restart": {"params": {"kwargs": {"type": "string"}, "callback": {"type": "string"}}}}
+NOW = "2026-11-25T10:00:00+00:00"
+
+
+class Principal(ops.CharmBase):
+    """A principal using the library: ``restart`` is a callback; ``reload`` uses the event."""
+
+    calls: ClassVar[list[dict[str, Any]]] = []
+    outcome: ClassVar[Any] = None
+
+    def __init__(self, framework: ops.Framework) -> None:
+        super().__init__(framework)
+        self.rolling = RollingOps(self, callbacks={"restart": self._restart})
+        framework.observe(self.rolling.on.lock_granted, self._on_granted)
+        framework.observe(self.on.restart_action, self._on_action)
+
+    def _restart(self, **kwargs: Any) -> str | None:
+        Principal.calls.append(kwargs)
+        if isinstance(Principal.outcome, Exception):
+            raise Principal.outcome
+        return Principal.outcome
+
+    def _on_granted(self, event: Any) -> None:
+        Principal.calls.append({"event": event.op_id, "token": event.token})
+        self.rolling.finish(event.op_id, "release")
+
+    def _on_action(self, event: ops.ActionEvent) -> None:
+        kwargs = json.loads(event.params.get("kwargs", "{}"))
+        op_id = self.rolling.request(event.params.get("callback", "restart"), kwargs)
+        event.set_results({"op": op_id, "waiting": self.rolling.is_waiting("restart")})
+
+
+@pytest.fixture(autouse=True)
+def reset():
+    Principal.calls = []
+    Principal.outcome = None
+
+
+@pytest.fixture
+def ctx() -> testing.Context[Principal]:
+    return testing.Context(Principal, meta=META, actions=ACTIONS)
+
+
+def sub(granted: Grant | None = None, **fields: Any) -> dict[str, str]:
+    state = SubordinateState(backend="etcd", status="granted" if granted else "waiting")
+    return SubordinateBag(granted=granted, state=state, **fields).to_databag()
+
+
+def grant(op_id: str, callback: str = "restart", attempt: int = 1, **kwargs: Any) -> Grant:
+    return Grant(
+        id=op_id,
+        callback=callback,
+        kwargs=kwargs,
+        attempt=attempt,
+        token=77,
+        granted_at=NOW,
+        backend="etcd",
+    )
+
+
+def relation(local: dict[str, str] | None = None, remote: dict[str, str] | None = None):
+    return testing.Relation(
+        "rollingops",
+        remote_app_name="rollingops",
+        local_unit_data=local or {},
+        remote_units_data={0: remote or {}},
+    )
+
+
+def local_list(state: testing.State, key: str) -> list[dict[str, Any]]:
+    data = state.get_relations("rollingops")[0].local_unit_data
+    return json.loads(data.get(key) or "[]")
+
+
+def test_request_writes_a_valid_request_and_reports_waiting(ctx):
+    rel = relation()
+    out = ctx.run(
+        ctx.on.action("restart", params={"kwargs": '{"why": "config"}'}),
+        testing.State(relations={rel}),
+    )
+    (written,) = local_list(out, "requests")
+    assert written["id"] == ctx.action_results["op"]
+    assert (written["callback"], written["kwargs"], written["max-retry"]) == (
+        "restart",
+        {"why": "config"},
+        None,
+    )
+    assert ctx.action_results["waiting"] is True
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"callback": "rm -rf /"}, "invalid request: String should match pattern"),
+        ({"kwargs": json.dumps({"x": "y" * 40_000})}, "invalid request: Value error, kwargs are"),
+    ],
+)
+def test_invalid_requests_raise_and_write_nothing(ctx, params, message):
+    rel = relation()
+    with pytest.raises(testing.errors.UncaughtCharmError) as raised:
+        ctx.run(ctx.on.action("restart", params=params), testing.State(relations={rel}))
+    assert isinstance(raised.value.__cause__, RollingOpsError)
+    assert str(raised.value.__cause__).startswith(message)
+
+
+def test_request_without_the_relation_says_what_to_do(ctx):
+    with pytest.raises(testing.errors.UncaughtCharmError) as raised:
+        ctx.run(ctx.on.action("restart"), testing.State())
+    assert "integrate the rollingops subordinate" in str(raised.value.__cause__)
+
+
+def test_granted_callback_runs_with_its_kwargs_and_releases(ctx):
+    local = {
+        "requests": json.dumps(
+            [
+                {
+                    "id": "a",
+                    "callback": "restart",
+                    "kwargs": {"n": 1},
+                    "max-retry": None,
+                    "requested-at": NOW,
+                }
+            ]
+        )
+    }
+    rel = relation(local, sub(grant("a", n=1), accepted=("a",)))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    assert Principal.calls == [{"n": 1}]
+    (result,) = local_list(out, "results")
+    assert (result["id"], result["result"], result["attempt"]) == ("a", "release", 1)
+    assert local_list(out, "requests") == [], "accepted requests are pruned"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [("retry-hold", "retry-hold"), (RuntimeError("boom"), "retry-release")],
+)
+def test_callback_outcome_and_failure_become_results(ctx, outcome, expected):
+    Principal.outcome = outcome
+    rel = relation(remote=sub(grant("a")))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    assert local_list(out, "results")[0]["result"] == expected
+
+
+def test_a_grant_is_delivered_once_per_attempt(ctx):
+    rel = relation(remote=sub(grant("a")))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    same = out.get_relation(rel.id)
+    out = ctx.run(ctx.on.relation_changed(same, remote_unit=0), out)
+    assert len(Principal.calls) == 1
+    again = relation(
+        local=dict(out.get_relation(rel.id).local_unit_data), remote=sub(grant("a", attempt=2))
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(again, remote_unit=0),
+        testing.State(relations={again}, stored_states=out.stored_states),
+    )
+    assert len(Principal.calls) == 2
+    assert [r["attempt"] for r in local_list(out, "results")] == [2]
+
+
+def test_without_a_callback_the_event_fires_with_the_token(ctx):
+    rel = relation(remote=sub(grant("b", callback="reload")))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    assert Principal.calls == [{"event": "b", "token": 77}]
+    assert local_list(out, "results")[0]["result"] == "release"
+
+
+def test_finished_and_rejected_requests_stop_waiting(ctx):
+    rel = relation()
+    out = ctx.run(ctx.on.action("restart"), testing.State(relations={rel}))
+    op_id = ctx.action_results["op"]
+    remote = sub(
+        finished=(Finished(id=op_id, outcome="done", attempts=1),),
+        rejected=(Rejection(id="zzz", reason="bad"),),
+    )
+    done = relation(local=dict(out.get_relation(rel.id).local_unit_data), remote=remote)
+    out = ctx.run(
+        ctx.on.relation_changed(done, remote_unit=0),
+        testing.State(relations={done}, stored_states=out.stored_states),
+    )
+    with ctx(ctx.on.update_status(), out) as manager:
+        assert manager.charm.rolling.is_waiting() is False
+        assert manager.charm.rolling.state == SubordinateState(backend="etcd", status="waiting")
+
+
+def test_a_subordinate_speaking_another_protocol_is_ignored(ctx):
+    rel = relation(remote={"protocol": "9", "granted": json.dumps(grant("a").dump())})
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    assert Principal.calls == []
+    assert local_list(out, "results") == []
