@@ -63,6 +63,7 @@ class RollingOpsCharm(ops.CharmBase):
     """Rolling operations as a service for the co-located principal."""
 
     on = RollingOpsEvents()  # type: ignore[reportAssignmentType]
+    _stored = ops.StoredState()
 
     def __init__(self, framework: ops.Framework) -> None:
         super().__init__(framework)
@@ -84,6 +85,7 @@ class RollingOpsCharm(ops.CharmBase):
             self, ETCD, self.prefix, self.identity.cert_pem if self.identity else None
         )
         self.principal = PrincipalLink(self.model, PRINCIPAL)
+        self._stored.set_default(record="")
         self._observe()
 
     def _observe(self) -> None:
@@ -223,25 +225,20 @@ class RollingOpsCharm(ops.CharmBase):
     # -- the queue ----------------------------------------------------------------------------
 
     def load_record(self) -> UnitRecord | None:
-        """The unit's record; ``None`` before the peer relation exists or if it is unreadable.
+        """The unit's record; ``None`` if it is unreadable.
 
         An unreadable record is left as it is (status says so): overwriting it would lose the
         queue it holds.
         """
-        relation = self.model.get_relation(PEER)
-        if relation is None:
-            return None
         try:
-            return UnitRecord.load(relation.data[self.unit])
+            return UnitRecord.load(self._stored.record)  # type: ignore[reportUnknownArgumentType]
         except ValueError as error:
             logger.warning("%s: leaving it untouched", error)
             return None
 
     def save_record(self, record: UnitRecord) -> None:
-        """Persist the unit's record in its peer databag."""
-        relation = self.model.get_relation(PEER)
-        if relation is not None:
-            record.save(relation.data[self.unit])
+        """Persist the unit's record in the unit's own state database (never seen by peers)."""
+        self._stored.record = record.dump()
 
     def _sync(self, on_grant: bool = False) -> None:
         """Requests in, queue through etcd, record and protocol bag out."""
@@ -318,16 +315,13 @@ class RollingOpsCharm(ops.CharmBase):
     # -- status and actions ------------------------------------------------------------------
 
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
-        relation = self.model.get_relation(PEER)
         try:
-            record = UnitRecord.load(relation.data[self.unit]) if relation else None
-            record_error = ""
+            record, record_error = UnitRecord.load(self._stored.record), ""  # type: ignore[reportUnknownArgumentType]
         except ValueError as error:
             record, record_error = None, str(error)
         inputs = StatusInputs(
             config_error=self.config_error,
             record_error=record_error,
-            has_peer=relation is not None,
             has_etcd_relation=self.etcd.relation is not None,
             has_identity=self.identity is not None,
             etcd_ready=self._connection() is not None,

@@ -18,7 +18,6 @@ class StatusInputs:
 
     config_error: str
     record_error: str
-    has_peer: bool
     has_etcd_relation: bool
     has_identity: bool
     etcd_ready: bool
@@ -47,7 +46,7 @@ def _setup_problem(inputs: StatusInputs) -> ops.StatusBase | None:
         return ops.BlockedStatus(inputs.config_error or inputs.record_error)
     if not inputs.has_etcd_relation:
         return ops.BlockedStatus("no backend: integrate with charmed-etcd")
-    if not inputs.has_peer or not inputs.has_identity:
+    if not inputs.has_identity:
         return ops.WaitingStatus("waiting for the client certificate from the leader")
     if not inputs.etcd_ready:
         return ops.WaitingStatus("waiting for etcd endpoints and CA")

@@ -1,21 +1,25 @@
-"""A unit's durable state, kept in its peer-relation databag (source of truth for the queue).
+"""A unit's durable state: one JSON document in the charm's StoredState.
 
-One JSON document under ``record``: the operation queue (mirrored to etcd while etcd is the
-backend), ids already seen from the principal (so a request is never run twice), rejections to
-report, the last etcd failure, run-exclusive outcomes and forced releases.
+It holds the operation queue (mirrored from etcd after every transition the charm sees), ids
+already seen from the principal (so a request is never run twice), rejections to report, the
+last etcd failure, run-exclusive outcomes and forced releases.
+
+Why not the peer databag (DESIGN §4): every write there fires ``relation-changed`` on every
+other unit, a few times per operation, so O(N) hooks on other machines per operation. While
+etcd is the backend, etcd holds the authoritative queue; this unit-local copy (ops' state
+database on the unit's machine) is what the unit publishes to the peer databag when the
+application falls back to the peer backend.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, MutableMapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rollingops_principal import Finished, Rejection
 
 from rollingops.models import UnitQueue
 
-KEY = "record"
 SEEN_LIMIT = 256
 REPORT_LIMIT = 32
 
@@ -69,18 +73,17 @@ class UnitRecord(BaseModel):
     """1-based place in the domain queue when last looked at; ``None`` if not waiting."""
 
     @classmethod
-    def load(cls, bag: Mapping[str, str]) -> UnitRecord:
-        """Read the record; a missing one is empty, a corrupt one raises ``ValueError``."""
-        raw = bag.get(KEY)
+    def load(cls, raw: str) -> UnitRecord:
+        """Read a stored record; empty is a new record, a corrupt one raises ``ValueError``."""
         if not raw:
             return cls()
         try:
             return cls.model_validate_json(raw)
         except ValidationError as error:
-            raise ValueError(f"peer record unreadable: {error.error_count()} errors") from error
+            raise ValueError(f"unit record unreadable: {error.error_count()} errors") from error
 
-    def save(self, bag: MutableMapping[str, str]) -> None:
-        """Write the record back (bounded lists)."""
+    def dump(self) -> str:
+        """The record as stored (bounded lists)."""
         bounded = self.model_copy(
             update={
                 "seen": self.seen[-SEEN_LIMIT:],
@@ -90,4 +93,4 @@ class UnitRecord(BaseModel):
                 "forced": self.forced[-REPORT_LIMIT:],
             }
         )
-        bag[KEY] = bounded.model_dump_json()
+        return bounded.model_dump_json()

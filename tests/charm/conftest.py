@@ -77,9 +77,14 @@ def unit_dir(tmp_path: Path) -> Path:
     return tmp_path / "state" / UNIT.replace("/", "-")
 
 
-def peer(record: UnitRecord | None = None, **kwargs: Any) -> testing.PeerRelation:
-    local = {} if record is None else {"record": record.model_dump_json()}
-    return testing.PeerRelation("cluster", local_unit_data=local, **kwargs)
+def peer(**kwargs: Any) -> testing.PeerRelation:
+    return testing.PeerRelation("cluster", **kwargs)
+
+
+def stored(record: UnitRecord | str) -> testing.StoredState:
+    """The charm's stored state holding ``record`` (or raw text, to test a corrupt one)."""
+    raw = record if isinstance(record, str) else record.dump()
+    return testing.StoredState("_stored", owner_path="RollingOpsCharm", content={"record": raw})
 
 
 def principal_relation(**bag: Any) -> testing.SubordinateRelation:
@@ -152,8 +157,9 @@ def wired(etcd: EtcdCluster) -> EtcdWiring:
 
 
 def record_of(state: testing.State) -> UnitRecord:
-    relation = state.get_relations("cluster")[0]
-    return UnitRecord.model_validate_json(relation.local_unit_data["record"])
+    return UnitRecord.load(
+        state.get_stored_state("_stored", owner_path="RollingOpsCharm").content["record"]
+    )
 
 
 def sub_bag(state: testing.State) -> dict[str, Any]:

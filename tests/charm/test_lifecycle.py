@@ -8,7 +8,7 @@ import json
 import stat
 
 import pytest
-from conftest import UNIT, peer, unit_dir, worker_hook
+from conftest import UNIT, peer, stored, unit_dir, worker_hook
 from ops import testing
 from rollingops_charm.identity import LABEL
 from testbed.pki import CertificateAuthority
@@ -176,8 +176,9 @@ def test_etcd_failed_hook_blocks_with_the_time(ctx, supervisor, wired):
     assert out.unit_status.message.startswith("etcd unreachable since ")
 
 
-def test_unreadable_peer_record_blocks_with_the_reason(ctx, supervisor):
-    broken = testing.PeerRelation("cluster", local_unit_data={"record": "{not json"})
-    out = ctx.run(ctx.on.update_status(), testing.State(leader=True, relations={broken}))
-    assert out.unit_status == testing.BlockedStatus("peer record unreadable: 1 errors")
-    assert out.get_relation(broken.id).local_unit_data["record"] == "{not json"
+def test_unreadable_record_blocks_with_the_reason_and_is_kept(ctx, supervisor):
+    state = testing.State(leader=True, relations={peer()}, stored_states={stored("{not json")})
+    out = ctx.run(ctx.on.update_status(), state)
+    assert out.unit_status == testing.BlockedStatus("unit record unreadable: 1 errors")
+    kept = out.get_stored_state("_stored", owner_path="RollingOpsCharm").content["record"]
+    assert kept == "{not json"

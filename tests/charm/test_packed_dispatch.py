@@ -107,5 +107,5 @@ def test_the_workers_custom_hook_reaches_its_handler(charm_dir, tmp_path):
     emitted = calls.index(
         "juju-log\t--log-level DEBUG -- Emitting Juju event rollingops_lock_granted."
     )
-    # The handler syncs the queue, which starts by looking for the peer relation.
-    assert "relation-ids\tcluster --format=json" in calls[emitted:]
+    # The handler syncs the queue and publishes to the principal relation.
+    assert "relation-ids\trollingops --format=json" in calls[emitted:]

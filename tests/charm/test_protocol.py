@@ -12,6 +12,7 @@ from conftest import (
     principal_relation,
     record_of,
     request,
+    stored,
     sub_bag,
     worker_hook,
 )
@@ -48,7 +49,9 @@ def finish(wired, result: OperationResult) -> None:
 
 
 def changed(ctx, wired, principal, record=None, **kwargs: Any) -> testing.State:
-    state = wired.state(peer(record), principal, leader=True, **kwargs)
+    if record is not None:
+        kwargs["stored_states"] = {stored(record)}
+    state = wired.state(peer(), principal, leader=True, **kwargs)
     return ctx.run(ctx.on.relation_changed(principal, remote_unit=0), state)
 
 
