@@ -187,9 +187,9 @@ class SubordinateBag(_Reported):
         """Read what a subordinate wrote; raises ``ValueError`` if it is not protocol v1."""
         if data.get("protocol") != PROTOCOL_VERSION:
             raise ValueError(f"unsupported protocol {data.get('protocol')!r}")
-        loaded = {
-            key: json.loads(value) for key, value in data.items() if key != "protocol" and value
-        }
+        # Only the protocol's own keys: every unit bag also carries Juju's (ingress-address...).
+        keys = set(cls.model_fields) - {"protocol"}
+        loaded = {key: json.loads(data[key]) for key in keys if data.get(key)}
         return cls.model_validate(loaded)
 
 

@@ -143,7 +143,7 @@ class RollingOps(ops.Object):
 
     def finish(self, op_id: str, result: ResultName = "release") -> None:
         """Report the outcome of the granted operation ``op_id``."""
-        granted = self._granted()
+        granted = self.granted
         if granted is None or granted.id != op_id:
             raise RollingOpsError(f"operation {op_id!r} is not granted now")
         bag = self._bag()
@@ -185,7 +185,9 @@ class RollingOps(ops.Object):
                 return SubordinateBag.from_databag(data)
         return None
 
-    def _granted(self) -> Grant | None:
+    @property
+    def granted(self) -> Grant | None:
+        """The operation granted now (with its fencing token), for callbacks that need it."""
         view = self._view()
         return None if view is None else view.granted
 

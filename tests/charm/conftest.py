@@ -14,9 +14,9 @@ import rollingops_charm.charm as charm_module
 import yaml
 from ops import testing
 from rollingops_charm.charm import RollingOpsCharm
-from rollingops_charm.identity import LABEL
 from rollingops_charm.unit_record import UnitRecord
 from scenario.state import _Event  # pyright: ignore[reportPrivateUsage]
+from testbed.charmed_etcd import answer
 from testbed.etcd import EtcdCluster
 
 from rollingops.models import UnitQueue
@@ -108,13 +108,6 @@ def request(op_id: str, callback: str = "restart", **extra: Any) -> dict[str, An
     }
 
 
-def identity_secret(cluster: EtcdCluster) -> testing.Secret:
-    identity = cluster.client_identity
-    return testing.Secret(
-        {"key": identity.key_pem, "cert": identity.cert_pem}, label=LABEL, owner="app"
-    )
-
-
 @dataclass
 class EtcdWiring:
     """Relation, secrets and config that connect the charm to a test-bed etcd."""
@@ -136,24 +129,8 @@ class EtcdWiring:
 @pytest.fixture
 def wired(etcd: EtcdCluster) -> EtcdWiring:
     """charmed-etcd's answer, as dpcharmlibs writes it, pointing at a real etcd."""
-    cluster_id = etcd.prefix.removeprefix("/rollingops/").rstrip("/")
-    user = testing.Secret({"username": etcd.client_cn})
-    tls = testing.Secret({"tls-ca": etcd.ca_file.read_text()})
-    response = {
-        "request-id": "r1",
-        "resource": etcd.prefix,
-        "endpoints": ",".join(etcd.endpoints),
-        "secret-user": user.id,
-        "secret-tls": tls.id,
-    }
-    relation = testing.Relation(
-        "etcd",
-        remote_app_name="etcd",
-        remote_app_data={"version": "v1", "requests": json.dumps([response])},
-    )
-    return EtcdWiring(
-        etcd, relation, [identity_secret(etcd), user, tls], {"cluster-id": cluster_id}
-    )
+    given = answer(etcd)
+    return EtcdWiring(etcd, given.relation, list(given.secrets), given.config)
 
 
 def record_of(state: testing.State) -> UnitRecord:

@@ -25,7 +25,8 @@ def test_subordinate_bag_round_trips_and_ignores_keys_it_does_not_know():
         state=SubordinateState(backend="etcd", status="granted"),
         accepted=("a",),
     )
-    data = bag.to_databag() | {"future-key": json.dumps({"new": True})}
+    juju_keys = {"ingress-address": "10.0.0.1", "egress-subnets": "10.0.0.1/32"}
+    data = bag.to_databag() | {"future-key": json.dumps({"new": True})} | juju_keys
     data["state"] = json.dumps(json.loads(data["state"]) | {"future-field": 1})
     assert SubordinateBag.from_databag(data) == bag
 

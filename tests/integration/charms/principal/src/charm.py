@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""A demo principal for rollingops: restarts under the lock and records what happened.
+
+Every grant is written to ``$ROLLINGOPS_DEMO_RECORD`` (default
+``/var/lib/rollingops-demo/record.jsonl``) as JSON lines: ``start`` and ``end`` with the unit,
+op, callback, attempt and fencing token. ``kwargs`` steer it: ``seconds`` (how long a restart
+takes), ``results`` (result per attempt, default ``release``), ``fail-times`` (for ``flaky``:
+raise on the first attempts, which the library reports as ``retry-release``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ops
+from rollingops_principal import LockGrantedEvent, RollingOps
+
+RECORD_ENV = "ROLLINGOPS_DEMO_RECORD"
+
+
+class DemoPrincipal(ops.CharmBase):
+    """Requests restarts; ``restart`` and ``reload`` via the event, ``flaky`` via a callback."""
+
+    def __init__(self, framework: ops.Framework) -> None:
+        super().__init__(framework)
+        self._attempts = 0
+        self.rolling = RollingOps(self, callbacks={"flaky": self._flaky})
+        framework.observe(self.rolling.on.lock_granted, self._on_lock_granted)
+        framework.observe(self.on.restart_action, self._on_restart_action)
+
+    def _on_restart_action(self, event: ops.ActionEvent) -> None:
+        max_retry = int(event.params.get("max-retry", -1))
+        op_id = self.rolling.request(
+            str(event.params.get("callback", "restart")),
+            json.loads(str(event.params.get("kwargs", "{}"))),
+            max_retry=None if max_retry < 0 else max_retry,
+        )
+        event.set_results({"op": op_id})
+
+    def _on_lock_granted(self, event: LockGrantedEvent) -> None:
+        self._record("start", event.op_id, event.callback, event.attempt, event.token)
+        time.sleep(float(event.kwargs.get("seconds", 0)))
+        results = event.kwargs.get("results") or ["release"]
+        result = results[min(event.attempt, len(results)) - 1]
+        self._record("end", event.op_id, event.callback, event.attempt, event.token, result=result)
+        self.rolling.finish(event.op_id, result)
+
+    def _flaky(self, **kwargs: Any) -> None:
+        grant = self.rolling.granted
+        assert grant is not None
+        self._record("start", grant.id, grant.callback, grant.attempt, grant.token)
+        if grant.attempt <= int(kwargs.get("fail-times", 1)):
+            self._record("fail", grant.id, grant.callback, grant.attempt, grant.token)
+            raise RuntimeError(f"flaky failure on attempt {grant.attempt}")
+        self._record("end", grant.id, grant.callback, grant.attempt, grant.token, result="release")
+
+    def _record(
+        self, event: str, op_id: str, callback: str, attempt: int, token: int, **extra: str
+    ) -> None:
+        path = Path(os.environ.get(RECORD_ENV, "/var/lib/rollingops-demo/record.jsonl"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = {
+            "ts": time.time(),
+            "unit": self.unit.name,
+            "event": event,
+            "op": op_id,
+            "callback": callback,
+            "attempt": attempt,
+            "token": token,
+            **extra,
+        }
+        with path.open("a") as out:
+            fcntl.flock(out, fcntl.LOCK_EX)
+            out.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    ops.main(DemoPrincipal)

@@ -1,0 +1,455 @@
+"""A cluster simulator: machines, each with a principal unit and its rollingops subordinate.
+
+What is real: the rollingops charm and the demo principal charm (run hook by hook with
+ops.testing), the worker processes the charm starts, etcd from the test bed, and the protocol
+between them. What is simulated is Juju:
+
+- **Hooks run one at a time** across the whole cluster. That is stricter than Juju's per-machine
+  lock (hooks of different machines never overlap here), so every per-machine guarantee holds.
+- **Relation data** written by a unit reaches exactly the units that see it. On the container
+  relation that is the co-located partner; on the peer relation it is every other subordinate.
+  The data arrives as ``relation-changed``. Pending identical hooks are coalesced, as Juju does.
+- **Workers fire custom hooks** through ``juju_exec.py``, which asks the simulator over a Unix
+  socket and blocks until the hook has run, like juju-exec waiting for the machine lock.
+- **Leader election** and **unit add/remove** run the hooks Juju would run.
+
+It counts hook executions per unit and keeps a timeline of (time, unit, hook).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib.util
+import json
+import os
+import queue
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ops import testing
+from rollingops_charm.charm import DOMAIN, RollingOpsCharm
+from scenario.state import _Event  # pyright: ignore[reportPrivateUsage]
+from testbed.charmed_etcd import EtcdAnswer, answer
+from testbed.etcd import EtcdCluster
+from testbed.workers import settings_for
+
+from rollingops.etcd_client import EtcdClient
+from rollingops.models import UnitQueue
+from rollingops.store import OperationStore
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PRINCIPAL_DIR = ROOT / "tests" / "integration" / "charms" / "principal"
+SUB_APP, PRINCIPAL_APP = "rollingops", "principal"
+PEER_ID, ETCD_ID, CONTAINER_BASE = 1, 2, 100
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def _principal_class() -> type:
+    spec = importlib.util.spec_from_file_location(
+        "demo_principal", PRINCIPAL_DIR / "src" / "charm.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.DemoPrincipal
+
+
+@dataclass
+class SimUnit:
+    """One unit: its ops.testing context and its current state."""
+
+    name: str
+    machine: int
+    ctx: testing.Context[Any]
+    state: testing.State
+
+    @property
+    def app(self) -> str:
+        return self.name.split("/")[0]
+
+
+@dataclass
+class Hook:
+    """A hook to run on ``unit``; ``event`` builds the ops.testing event from its state."""
+
+    unit: str
+    name: str
+    event: Callable[[SimUnit], Any]
+    key: tuple[Any, ...] = ()
+    """Identical pending hooks (same key) are coalesced."""
+    done: threading.Event | None = None
+
+
+@dataclass
+class HookRecord:
+    """One execution, for the timeline."""
+
+    at: float
+    unit: str
+    hook: str
+    seconds: float
+
+
+class _HookRequests(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path, cluster: Cluster) -> None:
+        self.cluster = cluster
+        super().__init__(str(path), _HookRequestHandler)
+
+
+class _HookRequestHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        request = json.loads(self.rfile.readline())
+        server: _HookRequests = self.server  # type: ignore[assignment]
+        ok = server.cluster.fire_custom(request["unit"], request["hook"])
+        self.wfile.write(json.dumps({"ok": ok}).encode() + b"\n")
+
+
+@dataclass
+class Cluster:
+    """Machines with a principal and a rollingops unit each, on one etcd (or none)."""
+
+    root: Path
+    etcd: EtcdCluster | None
+    max_concurrent: int = 1
+    lease_ttl: int = 10
+    units: dict[str, SimUnit] = field(default_factory=dict[str, SimUnit])
+    timeline: list[HookRecord] = field(default_factory=list[HookRecord])
+    _pending: collections.deque[Hook] = field(default_factory=collections.deque[Hook])
+    _inbox: queue.Queue[Hook] = field(default_factory=queue.Queue[Hook])
+    _server: _HookRequests | None = None
+    _answer: EtcdAnswer | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        runner = self.root / "juju-exec"
+        runner.write_text(f'#!/bin/sh\nexec {sys.executable} {HERE / "juju_exec.py"} "$@"\n')
+        runner.chmod(0o755)
+        socket_path = self.root / "sim.sock"
+        os.environ.update(
+            {
+                "ROLLINGOPS_STATE_DIR": str(self.root / "state"),
+                "ROLLINGOPS_HOOK_RUNNER": str(runner),
+                "ROLLINGOPS_SIM_SOCKET": str(socket_path),
+                "ROLLINGOPS_DEMO_RECORD": str(self.record_file),
+            }
+        )
+        self._server = _HookRequests(socket_path, self)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._answer = answer(self.etcd, ETCD_ID) if self.etcd is not None else None
+        self._principal_class = _principal_class()
+
+    @property
+    def record_file(self) -> Path:
+        """What the demo principals recorded (start/end of each restart, with tokens)."""
+        return self.root / "record.jsonl"
+
+    def add_machine(self) -> int:
+        """A new machine with both units, set up and related like Juju would."""
+        machine = len({u.machine for u in self.units.values()})
+        sub, principal = f"{SUB_APP}/{machine}", f"{PRINCIPAL_APP}/{machine}"
+        self.units[sub] = SimUnit(
+            sub, machine, self._sub_context(machine), self._sub_state(machine)
+        )
+        self.units[principal] = SimUnit(
+            principal, machine, self._principal_context(machine), self._principal_state(machine)
+        )
+        for hook in ("install", "config_changed", "start"):
+            self._queue(principal, hook, lambda u, h=hook: getattr(u.ctx.on, h)())
+            self._queue(sub, hook, lambda u, h=hook: getattr(u.ctx.on, h)())
+        if self.etcd is not None:
+            self._queue(
+                sub,
+                "etcd-relation-joined",
+                _relation_event("joined", ETCD_ID, 0),
+            )
+        self._join_peers(sub)
+        container = CONTAINER_BASE + machine
+        self._queue(
+            principal,
+            "rollingops-relation-joined",
+            _relation_event("joined", container, machine),
+        )
+        return machine
+
+    def _sub_context(self, machine: int) -> testing.Context[Any]:
+        charm_root = self.root / "charms" / f"{SUB_APP}-{machine}"
+        charm_root.mkdir(parents=True, exist_ok=True)
+        return testing.Context(
+            RollingOpsCharm,
+            meta=_load_yaml(ROOT / "metadata.yaml"),
+            actions=_load_yaml(ROOT / "actions.yaml"),
+            config=_load_yaml(ROOT / "config.yaml"),
+            app_name=SUB_APP,
+            unit_id=machine,
+            charm_root=charm_root,
+        )
+
+    def _principal_context(self, machine: int) -> testing.Context[Any]:
+        charm_root = self.root / "charms" / f"{PRINCIPAL_APP}-{machine}"
+        charm_root.mkdir(parents=True, exist_ok=True)
+        return testing.Context(
+            self._principal_class,
+            meta=_load_yaml(PRINCIPAL_DIR / "metadata.yaml"),
+            actions=_load_yaml(PRINCIPAL_DIR / "actions.yaml"),
+            app_name=PRINCIPAL_APP,
+            unit_id=machine,
+            charm_root=charm_root,
+        )
+
+    def _sub_state(self, machine: int) -> testing.State:
+        relations: set[testing.RelationBase] = {
+            testing.PeerRelation("cluster", id=PEER_ID),
+            testing.SubordinateRelation(
+                "rollingops",
+                id=CONTAINER_BASE + machine,
+                remote_app_name=PRINCIPAL_APP,
+                remote_unit_id=machine,
+            ),
+        }
+        secrets: set[testing.Secret] = set()
+        config: dict[str, str | int | float | bool] = {
+            "max-concurrent": self.max_concurrent,
+            "lease-ttl": self.lease_ttl,
+        }
+        if self._answer is not None:
+            relations.add(self._answer.relation)
+            secrets |= set(self._answer.secrets)
+            config |= self._answer.config
+        leader = not any(u.app == SUB_APP for u in self.units.values())
+        return testing.State(relations=relations, secrets=secrets, config=config, leader=leader)
+
+    def _principal_state(self, machine: int) -> testing.State:
+        relation = testing.Relation(
+            "rollingops",
+            id=CONTAINER_BASE + machine,
+            remote_app_name=SUB_APP,
+            remote_units_data={machine: {}},
+        )
+        return testing.State(relations={relation}, leader=machine == 0)
+
+    def _join_peers(self, sub: str) -> None:
+        newcomer = self.units[sub]
+        for other in self._subs():
+            if other.name == sub:
+                continue
+            self._set_peer_data(other, newcomer.machine, {})
+            self._set_peer_data(newcomer, other.machine, {})
+            self._queue(
+                other.name,
+                "cluster-relation-joined",
+                _relation_event("joined", PEER_ID, newcomer.machine),
+            )
+            self._queue(
+                sub, "cluster-relation-joined", _relation_event("joined", PEER_ID, other.machine)
+            )
+
+    def remove_machine(self, machine: int) -> None:
+        """Take a machine away: its subordinate stops (its worker with it), peers see it go."""
+        sub = f"{SUB_APP}/{machine}"
+        for hook in ("stop", "remove"):
+            self._queue(sub, hook, lambda u, h=hook: getattr(u.ctx.on, h)())
+        self.run_until(lambda: not self._pending, timeout=60)
+        del self.units[sub]
+        del self.units[f"{PRINCIPAL_APP}/{machine}"]
+        for other in self._subs():
+            relation = other.state.get_relation(PEER_ID)
+            data = {k: v for k, v in relation.peers_data.items() if k != machine}  # type: ignore[union-attr]
+            self._replace_relation(other, dataclasses.replace(relation, peers_data=data))
+            self._queue(
+                other.name,
+                "cluster-relation-departed",
+                _relation_event("departed", PEER_ID, machine),
+            )
+
+    def elect(self, machine: int) -> None:
+        """Make the subordinate on ``machine`` the leader."""
+        for unit in self._subs():
+            unit.state = dataclasses.replace(unit.state, leader=unit.machine == machine)
+        self._queue(f"{SUB_APP}/{machine}", "leader-elected", lambda u: u.ctx.on.leader_elected())
+
+    # -- operator and charm-author inputs ----------------------------------------------------
+
+    def request(
+        self,
+        machine: int,
+        callback: str = "restart",
+        kwargs: dict[str, Any] | None = None,
+        max_retry: int | None = None,
+    ) -> str:
+        """The principal on ``machine`` requests an operation (through its action)."""
+        params = {
+            "callback": callback,
+            "kwargs": json.dumps(kwargs or {}),
+            "max-retry": -1 if max_retry is None else max_retry,
+        }
+        unit = self.units[f"{PRINCIPAL_APP}/{machine}"]
+        self._execute(
+            Hook(unit.name, "restart-action", lambda u: u.ctx.on.action("restart", params=params))
+        )
+        return str((unit.ctx.action_results or {})["op"])
+
+    def records(self) -> list[dict[str, Any]]:
+        """The demo principals' records."""
+        if not self.record_file.exists():
+            return []
+        return [json.loads(line) for line in self.record_file.read_text().splitlines()]
+
+    def etcd_queue(self, machine: int) -> UnitQueue:
+        """A subordinate's queue as etcd holds it."""
+        assert self.etcd is not None
+        with EtcdClient(settings_for(self.etcd)) as client:
+            return (
+                OperationStore(client, self.etcd.prefix, DOMAIN, f"{SUB_APP}/{machine}")
+                .load()
+                .queue
+            )
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run_until(self, done: Callable[[], bool], timeout: float) -> None:
+        """Run hooks (queued and fired by workers) until ``done()`` or ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"simulation did not settle in {timeout}s")
+            self._take_inbox(wait=0.02 if not self._pending else 0)
+            if self._pending:
+                self._execute(self._pending.popleft())
+
+    def settle(self, timeout: float = 30) -> None:
+        """Run until no hook is pending."""
+        self.run_until(lambda: not self._pending and self._inbox.empty(), timeout)
+
+    def fire_custom(self, unit: str, hook: str) -> bool:
+        """Called from a worker's juju-exec: queue the hook and wait until it ran."""
+        if unit not in self.units:
+            return False
+        done = threading.Event()
+        self._inbox.put(Hook(unit, hook, lambda _: _Event(hook.replace("-", "_")), done=done))
+        return done.wait(timeout=120)
+
+    def hook_counts(self) -> collections.Counter[str]:
+        """Hook executions per unit so far."""
+        return collections.Counter(record.unit for record in self.timeline)
+
+    def close(self) -> None:
+        """Stop every subordinate (and so its worker) and the hook server."""
+        for unit in self._subs():
+            self._queue(unit.name, "stop", lambda u: u.ctx.on.stop())
+        try:
+            self.run_until(lambda: not self._pending, timeout=60)
+        finally:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server.server_close()
+
+    def _take_inbox(self, wait: float) -> None:
+        try:
+            self._pending.append(
+                self._inbox.get(timeout=wait) if wait else self._inbox.get_nowait()
+            )
+        except queue.Empty:
+            return
+
+    def _queue(
+        self, unit: str, name: str, event: Callable[[SimUnit], Any], key: tuple[Any, ...] = ()
+    ) -> None:
+        if key and any(h.unit == unit and h.key == key for h in self._pending):
+            return
+        self._pending.append(Hook(unit, name, event, key))
+
+    def _execute(self, hook: Hook) -> None:
+        unit = self.units.get(hook.unit)
+        if unit is None:
+            if hook.done:
+                hook.done.set()
+            return
+        before = unit.state
+        started = time.monotonic()
+        try:
+            unit.state = unit.ctx.run(hook.event(unit), before)
+        finally:
+            self.timeline.append(
+                HookRecord(time.time(), unit.name, hook.name, time.monotonic() - started)
+            )
+            if hook.done:
+                hook.done.set()
+        self._propagate(unit, before)
+
+    # -- relation data -----------------------------------------------------------------------
+
+    def _propagate(self, unit: SimUnit, before: testing.State) -> None:
+        """Deliver what ``unit`` wrote to the units that see it, as relation-changed."""
+        for relation in unit.state.relations:
+            old = before.get_relation(relation.id)
+            if relation.local_unit_data == old.local_unit_data:
+                continue
+            data = dict(relation.local_unit_data)
+            if relation.id == PEER_ID:
+                for other in self._subs():
+                    if other.name != unit.name:
+                        self._set_peer_data(other, unit.machine, data)
+                        self._queue(
+                            other.name,
+                            "cluster-relation-changed",
+                            _relation_event("changed", PEER_ID, unit.machine),
+                            ("peer", unit.machine),
+                        )
+            elif relation.id >= CONTAINER_BASE:
+                self._deliver_container(unit, relation.id, data)
+
+    def _deliver_container(self, unit: SimUnit, relation_id: int, data: dict[str, str]) -> None:
+        partner_app = PRINCIPAL_APP if unit.app == SUB_APP else SUB_APP
+        partner = self.units[f"{partner_app}/{unit.machine}"]
+        relation = partner.state.get_relation(relation_id)
+        if partner.app == SUB_APP:
+            updated = dataclasses.replace(relation, remote_unit_data=data)
+        else:
+            updated = dataclasses.replace(relation, remote_units_data={unit.machine: data})
+        self._replace_relation(partner, updated)
+        self._queue(
+            partner.name,
+            "rollingops-relation-changed",
+            _relation_event("changed", relation_id, unit.machine),
+            ("container", relation_id),
+        )
+
+    def _set_peer_data(self, unit: SimUnit, peer: int, data: dict[str, str]) -> None:
+        relation = unit.state.get_relation(PEER_ID)
+        peers = {**relation.peers_data, peer: data}  # type: ignore[union-attr]
+        self._replace_relation(unit, dataclasses.replace(relation, peers_data=peers))
+
+    @staticmethod
+    def _replace_relation(unit: SimUnit, relation: testing.RelationBase) -> None:
+        others = {r for r in unit.state.relations if r.id != relation.id}
+        unit.state = dataclasses.replace(unit.state, relations={*others, relation})
+
+    def _subs(self) -> list[SimUnit]:
+        return [u for u in self.units.values() if u.app == SUB_APP]
+
+
+def _relation_event(kind: str, relation_id: int, remote: int) -> Callable[[SimUnit], Any]:
+    """``relation-<kind>`` of ``relation_id``, built from the unit's state when it runs."""
+
+    def make(unit: SimUnit) -> Any:
+        relation = unit.state.get_relation(relation_id)
+        return getattr(unit.ctx.on, f"relation_{kind}")(relation, remote_unit=remote)
+
+    return make
