@@ -192,6 +192,7 @@ class Worker:
     def _release(self) -> None:
         if self._semaphore is not None and self._semaphore.token is not None:
             token = self._semaphore.token
+            record("releasing", token=token)  # before the delete: the hold ends inside it
             self._semaphore.release()
             record("released", token=token)
 

@@ -41,6 +41,7 @@ from testbed.charmed_etcd import EtcdAnswer, answer
 from testbed.etcd import EtcdCluster
 from testbed.workers import settings_for
 
+from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient
 from rollingops.models import UnitQueue
 from rollingops.store import OperationStore
@@ -344,6 +345,47 @@ class Cluster:
         done = threading.Event()
         self._inbox.put(Hook(unit, hook, lambda _: _Event(hook.replace("-", "_")), done=done))
         return done.wait(timeout=120)
+
+    def wait_queued(self, machine: int, op_id: str, timeout: float = 30) -> None:
+        """Run until the operation is in the lock's queue (waiting, running or done).
+
+        Requests made one after another, each waited for this way, enter the lock's FIFO queue
+        in that order; without it two workers could enter in either order.
+        """
+        owner = f"{SUB_APP}/{machine}"
+
+        def queued() -> bool:
+            queue = self.etcd_queue(machine)
+            if queue.current is not None or op_id in {e.id for e in queue.history}:
+                return True
+            return owner in self.contenders()
+
+        self.run_until(queued, timeout)
+
+    def contenders(self) -> list[str]:
+        """Owners in the domain's lock queue, holders first."""
+        assert self.etcd is not None
+        with EtcdClient(settings_for(self.etcd)) as client:
+            control = DomainControl(client, self.etcd.prefix, DOMAIN, self.max_concurrent)
+            return [c.owner for c in control.contenders()]
+
+    def hold_intervals(self) -> list[tuple[str, float, float]]:
+        """(unit, acquired, releasing) from every worker's log: inside each real hold.
+
+        ``acquired`` is logged after the lock is ours, ``releasing`` before we let it go, so
+        these intervals overlap only if the real holds did.
+        """
+        intervals = []
+        for log in (self.root / "state").glob("*/worker.log"):
+            acquired: float | None = None
+            for line in log.read_text().splitlines():
+                entry = json.loads(line)
+                if entry["event"] == "acquired":
+                    acquired = entry["ts"]
+                elif entry["event"] == "releasing" and acquired is not None:
+                    intervals.append((entry["unit"], acquired, entry["ts"]))
+                    acquired = None
+        return intervals
 
     def hook_counts(self) -> collections.Counter[str]:
         """Hook executions per unit so far."""

@@ -1,9 +1,10 @@
-"""The README's main job: a rolling restart of five units, one at a time, on a real etcd.
+"""The README's main job: a rolling restart of five units through the cluster simulator.
 
-Each simulated unit runs the real worker process; a fake juju-exec plays the charm and the
-principal (it "restarts" for a moment, then reports ``release``). Progress is printed live and a
-timeline table at the end. Needs Debian's etcd-server; the peer backend (no etcd) comes with the
-cluster simulator.
+Five machines, each with the demo principal and a rollingops unit, real charm code hook by hook,
+real worker processes, and a real etcd (mTLS, client-cert auth, per-prefix RBAC) from the test
+bed. Every principal asks for one restart (0.5 s); the lock lets one run at a time. Progress is
+printed live, then a timeline table. Needs Debian's etcd-server; the peer backend (no etcd)
+comes with its own issue.
 """
 
 from __future__ import annotations
@@ -12,90 +13,101 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore", category=UserWarning, module="pydantic")  # dpcharmlibs' models
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from testbed.etcd import EtcdCluster
-from testbed.workers import WorkerFarm, operation, settings_for
+from cluster import Cluster  # noqa: E402
+from testbed.etcd import EtcdCluster  # noqa: E402
 
-from rollingops.etcd_client import EtcdClient
-
-UNITS = [f"app/{n}" for n in range(5)]
+UNITS = 5
 RESTART_SECONDS = 0.5
 
 
-def progress(farm: WorkerFarm, seen: set[tuple[str, str]]) -> None:
-    """Print each unit's start and end of restart once, as they happen."""
-    for record in farm.records():
-        key = (record["unit"], record["event"])
-        if record["event"] in {"start", "end"} and key not in seen:
-            seen.add(key)
+def main() -> int:
+    if shutil.which("etcd") is None:
+        print("etcd is not installed (apt-get install etcd-server etcd-client).")
+        print("The peer backend this demo would fall back to is not built yet.")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="rollingops-demo-") as tmp:
+        root = Path(tmp)
+        with EtcdCluster(1, base_dir=root / "etcd") as etcd:
+            cluster = Cluster(root / "sim", etcd)
+            try:
+                return run(cluster, etcd)
+            finally:
+                cluster.close()
+
+
+def run(cluster: Cluster, etcd: EtcdCluster) -> int:
+    print(f"etcd 3.4 on {etcd.endpoints[0]} (mTLS, client-cert auth, prefix RBAC)")
+    for _ in range(UNITS):
+        cluster.add_machine()
+    cluster.settle()
+    print(f"{UNITS} machines up ({len(cluster.timeline)} hooks); rolling restart, one at a time:")
+    requested = {
+        m: (time.time(), cluster.request(m, kwargs={"seconds": RESTART_SECONDS}))
+        for m in range(UNITS)
+    }
+    started = time.monotonic()
+    shown = 0
+
+    def show_progress() -> bool:
+        nonlocal shown
+        records = cluster.records()
+        for record in records[shown:]:
             verb = "restarting" if record["event"] == "start" else "done      "
-            print(f"  {record['unit']:<7} {verb} token={record['token']}", flush=True)
+            print(
+                f"  {time.monotonic() - started:6.2f}s  {record['unit']:<12} {verb} "
+                f"token={record['token']}",
+                flush=True,
+            )
+        shown = len(records)
+        return sum(r["event"] == "end" for r in records) == UNITS
+
+    try:
+        cluster.run_until(show_progress, timeout=60)
+    except TimeoutError:
+        print("the rolling restart did not finish within 60 s")
+        return 1
+    print_timeline(timeline(cluster.records(), requested))
+    print(
+        f"total {time.monotonic() - started:.2f}s for {UNITS} restarts of {RESTART_SECONDS}s; "
+        f"{len(cluster.timeline)} hooks in all"
+    )
+    return 0
 
 
-def timeline(farm: WorkerFarm, requested: float) -> list[dict[str, Any]]:
+def timeline(
+    records: list[dict[str, Any]], requested: dict[int, tuple[float, str]]
+) -> list[dict[str, Any]]:
+    """One row per restart: how long it waited for the lock and held it."""
     rows = []
-    for unit in UNITS:
-        records = {r["event"]: r for r in farm.records() if r["unit"] == unit}
+    for machine, (at, op_id) in requested.items():
+        start = next(r for r in records if r["op"] == op_id and r["event"] == "start")
+        end = next(r for r in records if r["op"] == op_id and r["event"] == "end")
         rows.append(
             {
-                "unit": unit,
-                "waited": records["start"]["ts"] - requested,
-                "held": records["end"]["ts"] - records["start"]["ts"],
-                "token": records["start"]["token"],
+                "unit": f"principal/{machine}",
+                "waited": start["ts"] - at,
+                "held": end["ts"] - start["ts"],
+                "token": start["token"],
                 "backend": "etcd",
             }
         )
     return sorted(rows, key=lambda row: row["token"])
 
 
-def main() -> int:
-    if shutil.which("etcd") is None:
-        print("etcd is not installed (apt-get install etcd-server etcd-client).")
-        print("The peer backend this demo falls back to comes with the cluster simulator.")
-        return 2
-    with tempfile.TemporaryDirectory(prefix="rollingops-demo-") as tmp:
-        root = Path(tmp)
-        with EtcdCluster(1, base_dir=root / "etcd") as cluster:
-            farm = WorkerFarm(cluster, root / "farm")
-            farm.root.mkdir()
-            try:
-                return run(farm, cluster)
-            finally:
-                farm.stop_all()
-
-
-def run(farm: WorkerFarm, cluster: EtcdCluster) -> int:
-    print(f"etcd 3.4 on {cluster.endpoints[0]} (mTLS, client-cert auth, prefix RBAC)")
-    for unit in UNITS:
-        farm.start(unit)
-    print(f"rolling restart of {len(UNITS)} units, at most one at a time:")
-    requested = time.time()
-    with EtcdClient(settings_for(cluster)) as client:
-        for unit in UNITS:
-            farm.enqueue(client, unit, operation("restart-1", "restart", hold=RESTART_SECONDS))
-        seen: set[tuple[str, str]] = set()
-        deadline = time.monotonic() + 60
-        while len(seen) < 2 * len(UNITS) and time.monotonic() < deadline:
-            progress(farm, seen)
-            time.sleep(0.05)
-    if len(seen) < 2 * len(UNITS):
-        print("the rolling restart did not finish within 60 s")
-        return 1
-    print(f"\n{'unit':<8}{'waited':>9}{'held':>8}{'token':>7}  backend")
-    for row in timeline(farm, requested):
+def print_timeline(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'unit':<13}{'waited':>8}{'held':>8}{'token':>7}  backend")
+    for row in rows:
         print(
-            f"{row['unit']:<8}{row['waited']:>8.2f}s{row['held']:>7.2f}s{row['token']:>7}  "
+            f"{row['unit']:<13}{row['waited']:>7.2f}s{row['held']:>7.2f}s{row['token']:>7}  "
             f"{row['backend']}"
         )
-    print(
-        f"total {time.time() - requested:.2f}s for {len(UNITS)} restarts of "
-        f"{RESTART_SECONDS}s each"
-    )
-    return 0
 
 
 if __name__ == "__main__":

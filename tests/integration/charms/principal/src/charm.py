@@ -4,7 +4,8 @@
 Every grant is written to ``$ROLLINGOPS_DEMO_RECORD`` (default
 ``/var/lib/rollingops-demo/record.jsonl``) as JSON lines: ``start`` and ``end`` with the unit,
 op, callback, attempt and fencing token. ``kwargs`` steer it: ``seconds`` (how long a restart
-takes), ``results`` (result per attempt, default ``release``), ``fail-times`` (for ``flaky``:
+takes), ``results`` (result per attempt, default ``release``; ``null`` never answers),
+``fail-times`` (for ``flaky``:
 raise on the first attempts, which the library reports as ``retry-release``).
 """
 
@@ -48,7 +49,8 @@ class DemoPrincipal(ops.CharmBase):
         results = event.kwargs.get("results") or ["release"]
         result = results[min(event.attempt, len(results)) - 1]
         self._record("end", event.op_id, event.callback, event.attempt, event.token, result=result)
-        self.rolling.finish(event.op_id, result)
+        if result is not None:  # null: a principal that never answers (stuck)
+            self.rolling.finish(event.op_id, result)
 
     def _flaky(self, **kwargs: Any) -> None:
         grant = self.rolling.granted
