@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import ops
+from pydantic import ValidationError
 from rollingops_principal import Finished, Grant, PrincipalBag, SubordinateBag, SubordinateState
 
 from rollingops.models import Outcome
@@ -37,10 +40,36 @@ class PrincipalLink:
         return PrincipalBag.parse(relation.data[unit])
 
     def publish(self, bag: SubordinateBag) -> None:
-        """Write our side of the protocol, if a principal is there to read it."""
+        """Write our side of the protocol when the principal has something to act on.
+
+        Every write wakes the principal with a ``relation-changed`` hook, so informational
+        fields (``state``, ``accepted``, ``done`` entries) are only refreshed together with
+        something actionable: the first publish, a new grant, a new rejection, a request
+        dropped or merged. That keeps an operation at a constant handful of hooks.
+        """
         relation = self.relation
-        if relation is not None:
-            relation.data[self._model.unit].update(bag.to_databag())
+        if relation is None:
+            return
+        ours = relation.data[self._model.unit]
+        if _actionable(ours) != _actionable_of(bag):
+            ours.update(bag.to_databag())
+
+
+def _actionable_of(bag: SubordinateBag) -> tuple[object, ...]:
+    granted = bag.granted
+    return (
+        bag.protocol,
+        None if granted is None else (granted.id, granted.attempt, granted.token),
+        frozenset((r.id, r.reason) for r in bag.rejected),
+        frozenset(f.id for f in bag.finished if f.outcome != "done"),
+    )
+
+
+def _actionable(data: Mapping[str, str]) -> tuple[object, ...] | None:
+    try:
+        return _actionable_of(SubordinateBag.from_databag(data))
+    except (ValueError, ValidationError):
+        return None
 
 
 def subordinate_bag(record: UnitRecord, backend_ready: bool) -> SubordinateBag:
@@ -48,7 +77,7 @@ def subordinate_bag(record: UnitRecord, backend_ready: bool) -> SubordinateBag:
     queue = record.queue
     grant = queue.current
     granted = None
-    if grant is not None and grant.result is None:
+    if grant is not None:
         op = grant.operation
         if op.callback not in RESERVED_CALLBACKS:
             granted = Grant(

@@ -123,7 +123,7 @@ class RollingOps(ops.Object):
         requests waiting).
         """
         bag = self._bag()
-        requests = _load(bag, "requests")
+        requests = self._untaken(_load(bag, "requests"))
         if len(requests) >= MAX_REQUESTS:
             raise RollingOpsError(f"{MAX_REQUESTS} requests are already waiting")
         op_id = f"op-{secrets.token_hex(6)}"
@@ -148,8 +148,8 @@ class RollingOps(ops.Object):
             raise RollingOpsError(f"operation {op_id!r} is not granted now")
         bag = self._bag()
         done = Result(id=op_id, result=result, attempt=granted.attempt, finished_at=_now())
-        results = [r for r in _load(bag, "results") if r.get("id") != op_id]
-        bag["results"] = json.dumps([*results, done.dump()])
+        _store(bag, "requests", self._untaken(_load(bag, "requests")))
+        bag["results"] = json.dumps([done.dump()])
 
     @property
     def state(self) -> SubordinateState | None:
@@ -199,25 +199,25 @@ class RollingOps(ops.Object):
             return
         if view is None:
             return
-        self._prune(view)
+        self._forget_finished(view)
         if view.granted is not None:
             self._deliver(view.granted)
 
-    def _prune(self, view: SubordinateBag) -> None:
-        """Drop requests the subordinate has taken and results it no longer needs."""
-        bag = self._bag()
+    def _untaken(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Requests the subordinate has not taken yet (pruned whenever we write anyway).
+
+        We never write only to prune: every write wakes the subordinate with a hook.
+        """
+        view = self._view()
+        if view is None:
+            return requests
         taken = set(view.accepted) | {r.id for r in view.rejected} | {f.id for f in view.finished}
-        requests = [r for r in _load(bag, "requests") if r.get("id") not in taken]
-        granted = view.granted
-        results = [
-            r
-            for r in _load(bag, "results")
-            if granted is not None
-            and r.get("id") == granted.id
-            and r.get("attempt") == granted.attempt
-        ]
-        _store(bag, "requests", requests)
-        _store(bag, "results", results)
+        if view.granted is not None:
+            taken.add(view.granted.id)
+        return [r for r in requests if r.get("id") not in taken]
+
+    def _forget_finished(self, view: SubordinateBag) -> None:
+        """Stop waiting for operations the subordinate reports as over."""
         for rejection in view.rejected:
             logger.warning("rollingops rejected %s: %s", rejection.id, rejection.reason)
         over = {r.id for r in view.rejected} | {f.id for f in view.finished}

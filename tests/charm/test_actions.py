@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import UNIT, peer, principal_relation, record_of, request
+from charm_helpers import UNIT, peer, principal_relation, record_of, request
 from ops import testing
 from test_protocol import changed, etcd_queue, finish, update_etcd_queue
 from testbed.workers import DOMAIN, settings_for

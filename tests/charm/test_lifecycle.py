@@ -8,7 +8,7 @@ import json
 import stat
 
 import pytest
-from conftest import UNIT, peer, stored, unit_dir, worker_hook
+from charm_helpers import UNIT, peer, stored, unit_dir, worker_hook
 from ops import testing
 from rollingops_charm.identity import LABEL
 from testbed.pki import CertificateAuthority

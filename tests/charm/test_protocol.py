@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from charm_helpers import (
     UNIT,
     peer,
     principal_relation,
@@ -204,17 +205,29 @@ def test_unreachable_etcd_leaves_requests_for_a_later_hook(ctx, supervisor, wire
     assert sub_bag(out)["accepted"] == []
 
 
-def test_finished_operations_are_reported_for_pruning(ctx, supervisor, wired):
+def test_done_operations_ride_along_with_the_next_grant(ctx, supervisor, wired):
     out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
     update_etcd_queue(wired, lambda q: q.claim(42, utcnow()))
-    update_etcd_queue(
-        wired, lambda q: q.report("op1", OperationResult.RELEASE).finish(utcnow())[0]
-    )
-    out = ctx.run(ctx.on.update_status(), out)
-    assert sub_bag(out)["finished"] == [
-        {"id": "op1", "outcome": "done", "attempts": 1, "reason": ""}
-    ]
-    assert sub_bag(out)["accepted"] == []
+    finish(wired, OperationResult.RELEASE)
+    principal = principal_relation(requests=[request("op2", kwargs={"n": 2})])
+    out = changed(ctx, wired, principal, record=record_of(out))
+    update_etcd_queue(wired, lambda q: q.claim(43, utcnow()))
+    out = ctx.run(worker_hook("rollingops_lock_granted"), out)
+    bag = sub_bag(out)
+    assert bag["granted"]["id"] == "op2"
+    assert bag["finished"] == [{"id": "op1", "outcome": "done", "attempts": 1, "reason": ""}]
+    assert bag["accepted"] == ["op2"]
+
+
+def test_nothing_actionable_means_no_write_and_no_hook_for_the_principal(ctx, supervisor, wired):
+    out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
+    relation = out.get_relations("rollingops")[0]
+    first = dict(relation.local_unit_data)
+    more = principal_relation(requests=[request("op1"), request("op2", kwargs={"n": 2})])
+    principal = dataclasses.replace(relation, remote_unit_data=more.remote_unit_data)
+    out = changed(ctx, wired, principal, record=record_of(out))
+    assert [op.id for op in etcd_queue(wired).pending] == ["op1", "op2"]
+    assert dict(out.get_relations("rollingops")[0].local_unit_data) == first
 
 
 def test_run_exclusive_runs_the_command_without_a_shell_when_granted(ctx, supervisor, wired):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import operation, settings_for
+from etcd_helpers import operation, settings_for
 from test_worker import HOSTILE_KWARGS
 
 from rollingops.etcd_client import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import operation, settings_for, wait_until
+from etcd_helpers import operation, settings_for, wait_until
 from test_worker import events, finished
 
 from rollingops.etcd_client import EtcdClient

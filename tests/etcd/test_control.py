@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import DOMAIN, operation, wait_until
+from etcd_helpers import DOMAIN, operation, wait_until
 from test_worker import events, finished
 
 from rollingops.control import DomainControl

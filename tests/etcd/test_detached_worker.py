@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from conftest import wait_until
+from etcd_helpers import wait_until
 from test_worker import events
 
 from rollingops.supervisor import ProcessSupervisor, WorkerCommand

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import DOMAIN, Contender, wait_until
+from etcd_helpers import DOMAIN, Contender, wait_until
 from testbed.etcd import EtcdCluster
 
 from rollingops.etcd_client import EtcdClient

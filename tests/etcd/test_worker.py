@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import DOMAIN, WorkerFarm, operation, wait_until
+from etcd_helpers import DOMAIN, WorkerFarm, operation, wait_until
 from test_semaphore import max_overlap
 
 from rollingops.etcd_client import EtcdClient

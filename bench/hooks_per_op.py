@@ -1,0 +1,121 @@
+"""Hook executions per operation and per rolling restart, on the cluster simulator.
+
+Each Juju hook takes the machine lock, so hooks are what a rolling operation costs a model.
+For N machines (each a demo principal plus a rollingops unit, real charms, real workers, real
+etcd) this prints:
+
+- one operation on an idle cluster: hooks on the machine concerned and on every other machine;
+- a rolling restart (every principal requests one restart at once): hooks in total, per
+  operation, per machine (mean and max), and wall time.
+
+Wall time includes the real execution of every hook by ops.testing (no sleep is modelled; the
+restart callback takes 0 s). Hooks run one at a time across the simulated cluster.
+
+    uv run python bench/hooks_per_op.py [--sizes 3 5 10 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests" / "sim"), str(ROOT / "tests")]
+warnings.filterwarnings("ignore", category=UserWarning, module="pydantic")
+
+from cluster import Cluster  # noqa: E402
+from testbed.etcd import EtcdCluster  # noqa: E402
+
+OLD_PEER_LIBRARY = "4N-3 hooks per operation (65 for a 5-unit rolling restart)"
+
+
+def machine_of(unit: str) -> int:
+    return int(unit.split("/")[1])
+
+
+def hooks_since(cluster: Cluster, mark: int) -> collections.Counter[int]:
+    """Hook executions per machine after timeline index ``mark``."""
+    return collections.Counter(machine_of(r.unit) for r in cluster.timeline[mark:])
+
+
+def ends(cluster: Cluster) -> int:
+    return sum(r["event"] == "end" for r in cluster.records())
+
+
+def measure(size: int, root: Path, etcd: EtcdCluster) -> dict[str, float]:
+    cluster = Cluster(root / f"sim{size}", etcd)
+    try:
+        for _ in range(size):
+            cluster.add_machine()
+        cluster.settle(timeout=600)
+        mark = len(cluster.timeline)
+        cluster.request(0)
+        cluster.run_until(lambda: ends(cluster) == 1, timeout=120)
+        cluster.settle()
+        single = hooks_since(cluster, mark)
+        mark = len(cluster.timeline)
+        started = time.monotonic()
+        for machine in range(size):
+            cluster.request(machine)
+        cluster.run_until(lambda: ends(cluster) == 1 + size, timeout=600)
+        wall = time.monotonic() - started
+        cluster.settle()
+        rolling = hooks_since(cluster, mark)
+    finally:
+        cluster.close()
+    per_machine = [rolling.get(m, 0) for m in range(size)]
+    return {
+        "single_here": single.get(0, 0),
+        "single_elsewhere": sum(v for m, v in single.items() if m != 0),
+        "total": sum(per_machine),
+        "per_op": sum(per_machine) / size,
+        "machine_mean": sum(per_machine) / size,
+        "machine_max": max(per_machine),
+        "wall": wall,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 10, 30])
+    args = parser.parse_args()
+    if shutil.which("etcd") is None:
+        print("etcd is not installed: apt-get install etcd-server etcd-client")
+        return 2
+    rows = []
+    with (
+        tempfile.TemporaryDirectory(prefix="hooks-per-op-") as tmp,
+        EtcdCluster(1, base_dir=Path(tmp) / "etcd") as etcd,
+    ):
+        for size in args.sizes:
+            print(f"N = {size} ...", file=sys.stderr, flush=True)
+            rows.append((size, measure(size, Path(tmp), etcd)))
+    print("## Hooks per operation, etcd backend (cluster simulator)\n")
+    print(f"- command: {' '.join(['bench/hooks_per_op.py', *sys.argv[1:]])}")
+    print("- hooks run for real (ops.testing), one at a time; the restart itself takes 0 s\n")
+    print(
+        "| N | one op: hooks on its machine | one op: hooks on other machines | "
+        "rolling restart: hooks | per op | per machine mean / max | wall s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for size, r in rows:
+        print(
+            f"| {size} | {r['single_here']} | {r['single_elsewhere']} | {r['total']} | "
+            f"{r['per_op']:.1f} | {r['machine_mean']:.1f} / {r['machine_max']} | "
+            f"{r['wall']:.2f} |"
+        )
+    print(
+        f"\nTarget: a constant number of hooks per operation, all on the machine concerned "
+        f"(<= 5), none elsewhere. Reference: the old peer library, {OLD_PEER_LIBRARY}."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
