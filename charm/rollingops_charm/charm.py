@@ -8,6 +8,7 @@ principal. The worker process does the waiting; no hook ever waits for the lock.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import shutil
@@ -15,21 +16,22 @@ import sys
 from pathlib import Path
 
 import ops
-from rollingops_principal import Rejection
 
+from rollingops.backend_choice import Backend, Health, choose
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient, EtcdError, EtcdSettings
 from rollingops.files import private_dir, write_private
 from rollingops.models import UnitQueue, utcnow
+from rollingops.peer_scheduler import Schedule, schedule
 from rollingops.store import OperationStore
 from rollingops.supervisor import Supervisor, WorkerCommand, supervisor_for
 from rollingops.worker_config import WorkerConfig
 
-from . import actions, exclusive
+from . import actions, exclusive, peer_backend
 from .config import CharmConfig, InvalidConfigError, etcd_prefix
 from .etcd_relation import EtcdConnection, EtcdRequirer
 from .identity import ensure_identity, read_identity
-from .intake import Applied, apply, take
+from .intake import Applied, absorb, apply, local_sync, take
 from .paths import UnitPaths
 from .principal import PrincipalLink, subordinate_bag
 from .status import StatusInputs, unit_status
@@ -125,8 +127,9 @@ class RollingOpsCharm(ops.CharmBase):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _on_change(self, _: ops.EventBase) -> None:
-        self._reconcile()
+    def _on_change(self, event: ops.EventBase) -> None:
+        probe = isinstance(event, (ops.UpdateStatusEvent, ops.RelationEvent))
+        self._reconcile(probe=probe)
 
     def _on_upgrade(self, _: ops.EventBase) -> None:
         self._reconcile(restart=True)
@@ -147,20 +150,24 @@ class RollingOpsCharm(ops.CharmBase):
         if record is not None:
             failure = EtcdFailure(since=utcnow(), reason="the worker gave up on etcd")
             self.save_record(record.model_copy(update={"etcd_failure": failure}))
+        relation = self.model.get_relation(PEER)
+        if relation is not None:
+            peer_backend.flag_etcd_failure(relation, self.unit, failed=True)
+        self._reconcile()
 
-    def _reconcile(self, restart: bool = False) -> None:
+    def _reconcile(self, restart: bool = False, probe: bool = False) -> None:
         """Bring identity, relation request, credentials and worker in line; then sync."""
         if self.unit.is_leader() and self.settings is not None:
             self.identity = ensure_identity(self.model)
             self.etcd.set_certificate(self.identity.cert_pem)
         self.etcd.publish()
+        self._sync(probe=probe)
         settings = self.etcd_settings()
-        if settings is None:
+        if settings is None or self.backend() is not Backend.ETCD:
             self._supervisor().remove()
         else:
             changed = self._write_worker_config(settings) or self._credentials_changed
             self._supervisor().ensure_running(restart=restart or changed)
-        self._sync()
 
     # -- etcd and worker ---------------------------------------------------------------------
 
@@ -240,19 +247,108 @@ class RollingOpsCharm(ops.CharmBase):
         """Persist the unit's record in the unit's own state database (never seen by peers)."""
         self._stored.record = record.dump()
 
-    def _sync(self, on_grant: bool = False) -> None:
-        """Requests in, queue through etcd, record and protocol bag out."""
-        record = self.load_record()
-        if record is None:
-            return
+    def _peer_view(self) -> tuple[ops.Relation, peer_backend.PeerView] | None:
+        relation = self.model.get_relation(PEER)
+        if relation is None:
+            return None
+        return relation, peer_backend.read(relation, self.app, self.unit)
+
+    def backend(self) -> Backend:
+        """The backend the leader chose; etcd until it has said anything."""
+        peer = self._peer_view()
+        decision = peer[1].decision if peer else None
+        return Backend.ETCD if decision is None else decision.backend
+
+    def _sync(self, on_grant: bool = False, probe: bool = False) -> None:
+        """Requests in, queue through the backend, record and protocol bag out.
+
+        The leader then decides the backend and (under peer) the grants; if that changed
+        anything for this unit, one more pass takes it up in the same hook.
+        """
+        for _ in range(2):
+            record = self.load_record()
+            if record is None:
+                return
+            self._sync_once(record, on_grant, probe)
+            if not (self.unit.is_leader() and self._lead()):
+                return
+            on_grant = probe = False
+
+    def _sync_once(self, record: UnitRecord, on_grant: bool, probe: bool) -> None:
+        backend = self.backend()
         settings = self.etcd_settings()
-        if settings is not None:
+        peer = self._peer_view()
+        epoch = peer[1].decision.epoch if peer and peer[1].decision else 0
+        if backend is Backend.ETCD and settings is not None:
             try:
                 record = self._sync_etcd(record, settings, on_grant)
+                self._etcd_answered(peer)
             except EtcdError as error:
                 logger.warning("etcd unavailable in this hook: %s", error)
+            if peer is not None:
+                peer_backend.write_queue(peer[0], self.unit, None, epoch)
+        else:
+            grants = peer[1].schedule.grants if peer else {}
+            record = local_sync(record, self.principal.read(), backend, grants.get(self.unit.name))
+            if peer is not None:
+                peer_backend.write_queue(peer[0], self.unit, record.queue, epoch)
+            if probe and settings is not None and self._etcd_reachable(settings):
+                self._etcd_answered(peer)
         self.save_record(record)
-        self.principal.publish(subordinate_bag(record, backend_ready=settings is not None))
+        ready = backend if backend is not Backend.ETCD or settings is not None else None
+        self.principal.publish(subordinate_bag(record, backend=ready))
+
+    def _etcd_answered(self, peer: tuple[ops.Relation, peer_backend.PeerView] | None) -> None:
+        if peer is not None:
+            peer_backend.flag_etcd_failure(peer[0], self.unit, failed=False)
+
+    def _etcd_reachable(self, settings: EtcdSettings) -> bool:
+        """A quick, bounded look at etcd (1 s) while another backend is in use."""
+        quick = settings.model_copy(update={"total_timeout": 1.0, "call_timeout": 1.0})
+        try:
+            with EtcdClient(quick) as client:
+                self.store(client).load()
+        except EtcdError:
+            return False
+        return True
+
+    def _lead(self) -> bool:
+        """Leader: choose the backend and, under peer, the grants; return whether they changed."""
+        peer = self._peer_view()
+        if peer is None or self.settings is None:
+            return False
+        relation, view = peer
+        current = view.decision.backend if view.decision else None
+        health = Health(
+            etcd_usable=self.etcd_settings() is not None,
+            etcd_failed=bool(view.etcd_failed),
+            peer_busy=bool(view.schedule.grants) or any(q.has_work for q in view.queues.values()),
+        )
+        chosen = choose(current, health, self.settings.fallback)
+        changed = False
+        epoch = view.decision.epoch if view.decision else 0
+        if view.decision is None or chosen is not current:
+            epoch += 1
+            reason = _reason(chosen, health)
+            decision = peer_backend.Decision(
+                backend=chosen, epoch=epoch, reason=reason, since=utcnow()
+            )
+            peer_backend.write_decision(relation, self.app, decision)
+            changed = True
+        members = {self.unit.name, *(u.name for u in relation.units)}
+        everyone_published = all(view.epochs.get(m) == epoch for m in members)
+        if chosen is Backend.PEER and everyone_published and not changed:
+            new = schedule(
+                view.queues,
+                view.schedule.grants,
+                self.settings.max_concurrent,
+                view.schedule.next_token,
+            )
+            changed = new.grants != view.schedule.grants
+            peer_backend.write_schedule(relation, self.app, new)
+        elif chosen is not Backend.PEER and view.schedule.grants:
+            peer_backend.write_schedule(relation, self.app, Schedule({}, view.schedule.next_token))
+        return changed
 
     def _sync_etcd(self, record: UnitRecord, settings: EtcdSettings, on_grant: bool) -> UnitRecord:
         """Apply the principal's requests and result to the etcd queue, the authoritative copy.
@@ -281,16 +377,8 @@ class RollingOpsCharm(ops.CharmBase):
                         update={"exclusive_runs": (*record.exclusive_runs, run)}
                     )
             position = self._position(client, snapshot.queue)
-        new_ids = [op.id for op in intake.operations] + [r.id for r in intake.rejected if r.id]
-        return record.model_copy(
-            update={
-                "queue": snapshot.queue,
-                "seen": (*record.seen, *new_ids),
-                "rejected": _merge(record.rejected, [*intake.rejected, *applied.rejected]),
-                "merged": (*record.merged, *applied.merged),
-                "etcd_failure": None,
-                "position": position,
-            }
+        return absorb(record, snapshot.queue, intake, applied).model_copy(
+            update={"etcd_failure": None, "position": position}
         )
 
     def store(self, client: EtcdClient, unit: str | None = None) -> OperationStore:
@@ -328,8 +416,14 @@ class RollingOpsCharm(ops.CharmBase):
             worker_running=self.worker_running(),
             record=record,
             max_concurrent=self.settings.max_concurrent if self.settings else 1,
+            backend=self.backend(),
+            backend_since=self._backend_since(),
         )
         event.add_status(unit_status(inputs))
+
+    def _backend_since(self) -> dt.datetime | None:
+        peer = self._peer_view()
+        return peer[1].decision.since if peer and peer[1].decision else None
 
     def _on_lock_status(self, event: ops.ActionEvent) -> None:
         actions.lock_status(self, event)
@@ -351,9 +445,12 @@ class RollingOpsCharm(ops.CharmBase):
         self._sync()
 
 
-def _merge(known: tuple[Rejection, ...], new: list[Rejection]) -> tuple[Rejection, ...]:
-    """Known rejections plus the new ones not reported yet (a bad item stays in the bag)."""
-    return (*known, *(r for r in dict.fromkeys(new) if r not in known))
+def _reason(backend: Backend, health: Health) -> str:
+    if backend is Backend.ETCD:
+        return "etcd is healthy"
+    if health.etcd_failed:
+        return "a worker gave up on etcd"
+    return "etcd is not usable (no relation, no credentials or invalid config)"
 
 
 def _hook_runner() -> Path:

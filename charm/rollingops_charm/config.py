@@ -7,6 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rollingops.backend_choice import Fallback
+
 ClusterId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 
 
@@ -26,6 +28,8 @@ class CharmConfig(BaseModel):
     max_concurrent: Annotated[int, Field(ge=1, le=1000)] = 1
     lease_ttl: Annotated[int, Field(ge=5, le=3600)] = 30
     etcd_failure_deadline: Annotated[int, Field(ge=5, le=3600)] = 30
+    fallback: Fallback = Fallback.PEER
+    """When etcd is lost: ``peer`` keeps granting (per application), ``none`` stops granting."""
 
     @classmethod
     def parse(cls, raw: Mapping[str, bool | int | float | str]) -> CharmConfig:

@@ -6,11 +6,16 @@ once: its id is remembered as *seen*, whatever the outcome, and never run twice.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from rollingops_principal import Finished, PrincipalBag, Rejection, Request, Result
 
-from rollingops.models import Operation, OperationResult, UnitQueue
+from rollingops.backend_choice import Backend
+from rollingops.models import Operation, OperationResult, UnitQueue, utcnow
+from rollingops.peer_scheduler import PeerGrant
+
+from .unit_record import UnitRecord
 
 RESERVED_CALLBACKS = frozenset({"run-exclusive"})
 
@@ -109,3 +114,46 @@ def apply(queue: UnitQueue, intake: Intake) -> tuple[UnitQueue, Applied]:
     if answer is not None:
         queue = queue.report(answer.id, OperationResult(answer.result))
     return queue, Applied(rejected, merged)
+
+
+def absorb(record: UnitRecord, queue: UnitQueue, intake: Intake, applied: Applied) -> UnitRecord:
+    """The record after one sync: the new queue, and what was seen, rejected or merged."""
+    new_ids = [op.id for op in intake.operations] + [r.id for r in intake.rejected if r.id]
+    rejected = [*intake.rejected, *applied.rejected]
+    unseen = [r for r in dict.fromkeys(rejected) if r not in record.rejected]
+    return record.model_copy(
+        update={
+            "queue": queue,
+            "seen": (*record.seen, *new_ids),
+            "rejected": (*record.rejected, *unseen),
+            "merged": (*record.merged, *applied.merged),
+        }
+    )
+
+
+def local_sync(
+    record: UnitRecord,
+    bag: PrincipalBag,
+    backend: Backend,
+    grant: PeerGrant | None,
+    now: dt.datetime | None = None,
+) -> UnitRecord:
+    """Peer or none backend: the queue lives here, so this does the worker's part too.
+
+    Requests and results are applied; a reported result finishes the operation (retry-hold
+    runs again under the same grant); a grant from the leader is claimed, but never in the
+    same pass as a finish, so a retry-release really gives the lock back.
+    """
+    now = now or utcnow()
+    intake = take(bag, record.queue, set(record.seen))
+    queue, applied = apply(record.queue, intake)
+    finished = queue.current is not None and queue.current.result is not None
+    if finished:
+        queue, _kept = queue.finish(now)
+    elif backend is Backend.PEER and grant is not None and _claimable(queue, grant):
+        queue = queue.claim(grant.token, now)
+    return absorb(record, queue, intake, applied)
+
+
+def _claimable(queue: UnitQueue, grant: PeerGrant) -> bool:
+    return queue.current is None and bool(queue.pending) and queue.pending[0].id == grant.op_id

@@ -8,6 +8,7 @@ import ops
 from pydantic import ValidationError
 from rollingops_principal import Finished, Grant, PrincipalBag, SubordinateBag, SubordinateState
 
+from rollingops.backend_choice import Backend
 from rollingops.models import Outcome
 
 from .intake import RESERVED_CALLBACKS
@@ -72,8 +73,11 @@ def _actionable(data: Mapping[str, str]) -> tuple[object, ...] | None:
         return None
 
 
-def subordinate_bag(record: UnitRecord, backend_ready: bool) -> SubordinateBag:
-    """Our protocol bag, derived from the unit's record only."""
+def subordinate_bag(record: UnitRecord, backend: Backend | None) -> SubordinateBag:
+    """Our protocol bag, derived from the unit's record and the backend in use.
+
+    ``backend`` is None while etcd is the chosen backend but not usable yet.
+    """
     queue = record.queue
     grant = queue.current
     granted = None
@@ -91,7 +95,7 @@ def subordinate_bag(record: UnitRecord, backend_ready: bool) -> SubordinateBag:
             )
     return SubordinateBag(
         granted=granted,
-        state=_state(record, backend_ready),
+        state=_state(record, backend),
         accepted=tuple(sorted(queue.operation_ids())),
         rejected=record.rejected,
         finished=record.merged
@@ -107,15 +111,17 @@ def subordinate_bag(record: UnitRecord, backend_ready: bool) -> SubordinateBag:
     )
 
 
-def _state(record: UnitRecord, backend_ready: bool) -> SubordinateState:
+def _state(record: UnitRecord, backend: Backend | None) -> SubordinateState:
     queue = record.queue
     length = len(queue.pending) + (queue.current is not None)
-    if not backend_ready:
+    if backend is None or backend is Backend.NONE:
+        message = (
+            "etcd lost and fallback=none: no grants until it is back"
+            if backend is Backend.NONE
+            else "no usable etcd: requests wait in your databag"
+        )
         return SubordinateState(
-            backend=None,
-            status="unavailable",
-            queue_length=length,
-            message="no usable etcd: requests wait in your databag",
+            backend=None, status="unavailable", queue_length=length, message=message
         )
     if queue.current is not None:
         status = "granted"
@@ -124,5 +130,5 @@ def _state(record: UnitRecord, backend_ready: bool) -> SubordinateState:
     else:
         status = "idle"
     return SubordinateState(
-        backend="etcd", status=status, position=record.position, queue_length=length
+        backend=backend.value, status=status, position=record.position, queue_length=length
     )

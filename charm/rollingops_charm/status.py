@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import ops
 
+from rollingops.backend_choice import Backend
 from rollingops.models import utcnow
 
 from .unit_record import UnitRecord
@@ -24,26 +25,44 @@ class StatusInputs:
     worker_running: bool
     record: UnitRecord | None
     max_concurrent: int
+    backend: Backend = Backend.ETCD
+    backend_since: dt.datetime | None = None
 
 
 def unit_status(inputs: StatusInputs, now: dt.datetime | None = None) -> ops.StatusBase:
     """The one status an operator needs at a glance, most urgent first."""
+    now = now or utcnow()
+    if inputs.config_error or inputs.record_error:
+        return ops.BlockedStatus(inputs.config_error or inputs.record_error)
+    record = inputs.record or UnitRecord()
+    if inputs.backend is not Backend.ETCD:
+        return _off_etcd(inputs, record, now)
     problem = _setup_problem(inputs)
     if problem is not None:
         return problem
-    record = inputs.record or UnitRecord()
     if record.etcd_failure is not None:
         since = record.etcd_failure.since.strftime("%H:%M")
         return ops.BlockedStatus(f"etcd unreachable since {since}: worker gave up, retrying")
     if not inputs.worker_running:
         return ops.MaintenanceStatus("starting the worker")
-    return ops.ActiveStatus(_activity(record, inputs.max_concurrent, now or utcnow()))
+    return ops.ActiveStatus(_activity(record, inputs.max_concurrent, now, "etcd"))
+
+
+def _off_etcd(inputs: StatusInputs, record: UnitRecord, now: dt.datetime) -> ops.StatusBase:
+    """Status under the peer backend or with no backend at all."""
+    since = (inputs.backend_since or now).strftime("%H:%M")
+    if inputs.backend is Backend.NONE:
+        return ops.BlockedStatus(f"no grants: etcd lost since {since} and fallback=none")
+    where = (
+        f"peer fallback since {since} (own domain)"
+        if inputs.has_etcd_relation
+        else "peer backend (no etcd)"
+    )
+    return ops.ActiveStatus(f"{where}: {_activity(record, inputs.max_concurrent, now, 'peer')}")
 
 
 def _setup_problem(inputs: StatusInputs) -> ops.StatusBase | None:
-    """What stops the unit from working at all, if anything."""
-    if inputs.config_error or inputs.record_error:
-        return ops.BlockedStatus(inputs.config_error or inputs.record_error)
+    """What stops the unit from working on etcd, if anything."""
     if not inputs.has_etcd_relation:
         return ops.BlockedStatus("no backend: integrate with charmed-etcd")
     if not inputs.has_identity:
@@ -53,7 +72,7 @@ def _setup_problem(inputs: StatusInputs) -> ops.StatusBase | None:
     return None
 
 
-def _activity(record: UnitRecord, max_concurrent: int, now: dt.datetime) -> str:
+def _activity(record: UnitRecord, max_concurrent: int, now: dt.datetime, backend: str) -> str:
     queue = record.queue
     if queue.current is not None:
         op = queue.current.operation
@@ -62,4 +81,4 @@ def _activity(record: UnitRecord, max_concurrent: int, now: dt.datetime) -> str:
     if queue.pending:
         where = f"position {record.position}" if record.position else "entering the queue"
         return f"waiting for lock: {where}, {len(queue.pending)} queued here"
-    return f"idle (etcd, max-concurrent {max_concurrent})"
+    return f"idle ({backend}, max-concurrent {max_concurrent})"

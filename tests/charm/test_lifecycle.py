@@ -24,7 +24,9 @@ def test_leader_creates_the_client_identity_in_an_app_secret(ctx, supervisor):
     content = secret.latest_content or {}
     assert content["key"].startswith("-----BEGIN PRIVATE KEY-----")
     assert common_name(content["cert"]).startswith("rollingops-rollingops-")
-    assert out.unit_status == testing.BlockedStatus("no backend: integrate with charmed-etcd")
+    assert out.unit_status == testing.ActiveStatus(
+        "peer backend (no etcd): idle (peer, max-concurrent 1)"
+    )
 
 
 def test_leader_renews_an_identity_close_to_expiry(ctx, supervisor):
@@ -157,7 +159,9 @@ def test_changed_endpoints_rewrite_the_worker_config_and_restart_it(
 def test_etcd_relation_broken_stops_the_worker(ctx, supervisor, wired):
     out = ctx.run(ctx.on.relation_broken(wired.relation), wired.state(peer(), leader=True))
     assert supervisor.calls[-1] == ("remove", False)
-    assert out.unit_status == testing.BlockedStatus("no backend: integrate with charmed-etcd")
+    assert out.unit_status == testing.ActiveStatus(
+        "peer backend (no etcd): idle (peer, max-concurrent 1)"
+    )
 
 
 def test_stop_removes_the_worker_and_the_unit_files(ctx, supervisor, wired, tmp_path):
@@ -169,11 +173,15 @@ def test_stop_removes_the_worker_and_the_unit_files(ctx, supervisor, wired, tmp_
     assert not unit_dir(tmp_path).exists()
 
 
-def test_etcd_failed_hook_blocks_with_the_time(ctx, supervisor, wired):
+def test_etcd_failed_hook_falls_back_to_peer_and_stops_the_worker(ctx, supervisor, wired):
     supervisor.running = True
+    wired.cluster.members[0].kill()
     out = ctx.run(worker_hook("rollingops_etcd_failed"), wired.state(peer(), leader=True))
-    assert isinstance(out.unit_status, testing.BlockedStatus)
-    assert out.unit_status.message.startswith("etcd unreachable since ")
+    assert out.unit_status.message.startswith("peer fallback since ")
+    assert out.unit_status.message.endswith("(own domain): idle (peer, max-concurrent 1)")
+    assert supervisor.calls[-1] == ("remove", False)
+    decision = json.loads(out.get_relations("cluster")[0].local_app_data["backend"])
+    assert (decision["backend"], decision["reason"]) == ("peer", "a worker gave up on etcd")
 
 
 def test_unreadable_record_blocks_with_the_reason_and_is_kept(ctx, supervisor):
