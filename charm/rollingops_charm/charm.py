@@ -360,7 +360,9 @@ class RollingOpsCharm(ops.CharmBase):
         with EtcdClient(settings) as client:
             store = self.store(client)
             snapshot = store.load()
-            if snapshot.mod_revision == 0 and record.queue.has_work:
+            back_from_fallback = record.last_backend in (Backend.PEER, Backend.NONE)
+            if back_from_fallback or (snapshot.mod_revision == 0 and record.queue.has_work):
+                # etcd's copy is stale since the fallback (or lost): ours is the truth.
                 snapshot = store.update(lambda _: record.queue, snapshot)
             intake = take(self.principal.read(), snapshot.queue, set(record.seen))
 
@@ -378,7 +380,7 @@ class RollingOpsCharm(ops.CharmBase):
                     )
             position = self._position(client, snapshot.queue)
         return absorb(record, snapshot.queue, intake, applied).model_copy(
-            update={"etcd_failure": None, "position": position}
+            update={"etcd_failure": None, "position": position, "last_backend": Backend.ETCD}
         )
 
     def store(self, client: EtcdClient, unit: str | None = None) -> OperationStore:

@@ -152,7 +152,7 @@ def local_sync(
         queue, _kept = queue.finish(now)
     elif backend is Backend.PEER and grant is not None and _claimable(queue, grant):
         queue = queue.claim(grant.token, now)
-    return absorb(record, queue, intake, applied)
+    return absorb(record, queue, intake, applied).model_copy(update={"last_backend": backend})
 
 
 def _claimable(queue: UnitQueue, grant: PeerGrant) -> bool:

@@ -18,6 +18,7 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rollingops_principal import Finished, Rejection
 
+from rollingops.backend_choice import Backend
 from rollingops.models import UnitQueue
 
 SEEN_LIMIT = 256
@@ -69,6 +70,9 @@ class UnitRecord(BaseModel):
     etcd_failure: EtcdFailure | None = None
     exclusive_runs: tuple[ExclusiveRun, ...] = ()
     forced: tuple[ForcedRelease, ...] = ()
+    last_backend: Backend | None = None
+    """The backend this unit last synced with: entering etcd from peer or none replaces the
+    etcd queue (stale since the fallback) with this record's queue."""
     position: int | None = None
     """1-based place in the domain queue when last looked at; ``None`` if not waiting."""
 

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 from ops import testing
 from rollingops_charm.charm import DOMAIN, RollingOpsCharm
+from rollingops_charm.unit_record import UnitRecord
 from scenario.state import _Event  # pyright: ignore[reportPrivateUsage]
 from testbed.charmed_etcd import EtcdAnswer, answer
 from testbed.etcd import EtcdCluster
@@ -132,6 +133,8 @@ class Cluster:
     timeline: list[HookRecord] = field(default_factory=list[HookRecord])
     _pending: collections.deque[Hook] = field(default_factory=collections.deque[Hook])
     _inbox: queue.Queue[Hook] = field(default_factory=queue.Queue[Hook])
+    max_running: int = 0
+    """Most subordinates ever running an operation at once, checked after every hook."""
     _server: _HookRequests | None = None
     _answer: EtcdAnswer | None = None
 
@@ -228,6 +231,7 @@ class Cluster:
         config: dict[str, str | int | float | bool] = {
             "max-concurrent": self.max_concurrent,
             "lease-ttl": self.lease_ttl,
+            "etcd-failure-deadline": 5,
         }
         if self._answer is not None:
             relations.add(self._answer.relation)
@@ -355,6 +359,9 @@ class Cluster:
         owner = f"{SUB_APP}/{machine}"
 
         def queued() -> bool:
+            if self.etcd is None or self.backend() != "etcd":
+                queue = _record(self.units[owner]).queue
+                return op_id in queue.operation_ids() | {e.id for e in queue.history}
             queue = self.etcd_queue(machine)
             if queue.current is not None or op_id in {e.id for e in queue.history}:
                 return True
@@ -386,6 +393,32 @@ class Cluster:
                     intervals.append((entry["unit"], acquired, entry["ts"]))
                     acquired = None
         return intervals
+
+    def running(self) -> set[str]:
+        """Subordinates whose record shows an operation granted and not yet answered.
+
+        That is when the principal may be running it; once the result is in, the operation only
+        waits for its bookkeeping (the worker's finish under etcd).
+        """
+        running: set[str] = set()
+        for unit in self._subs():
+            current = _record(unit).queue.current
+            if current is not None and current.result is None:
+                running.add(unit.name)
+        return running
+
+    def backend(self) -> str | None:
+        """The backend the leader published, if any."""
+        for unit in self._subs():
+            raw = unit.state.get_relation(PEER_ID).local_app_data.get("backend")
+            if raw:
+                return str(json.loads(raw)["backend"])
+        return None
+
+    def update_status(self) -> None:
+        """Queue update-status on every subordinate (what Juju does every few minutes)."""
+        for unit in self._subs():
+            self._queue(unit.name, "update-status", lambda u: u.ctx.on.update_status())
 
     def hook_counts(self) -> collections.Counter[str]:
         """Hook executions per unit so far."""
@@ -434,6 +467,7 @@ class Cluster:
             if hook.done:
                 hook.done.set()
         self._propagate(unit, before)
+        self.max_running = max(self.max_running, len(self.running()))
 
     # -- relation data -----------------------------------------------------------------------
 
@@ -441,6 +475,8 @@ class Cluster:
         """Deliver what ``unit`` wrote to the units that see it, as relation-changed."""
         for relation in unit.state.relations:
             old = before.get_relation(relation.id)
+            if relation.id == PEER_ID and relation.local_app_data != old.local_app_data:
+                self._deliver_app_data(unit, dict(relation.local_app_data))
             if relation.local_unit_data == old.local_unit_data:
                 continue
             data = dict(relation.local_unit_data)
@@ -456,6 +492,16 @@ class Cluster:
                         )
             elif relation.id >= CONTAINER_BASE:
                 self._deliver_container(unit, relation.id, data)
+
+    def _deliver_app_data(self, leader: SimUnit, data: dict[str, str]) -> None:
+        """The leader wrote the peer application bag: every other unit sees it change."""
+        for other in self._subs():
+            if other.name == leader.name:
+                continue
+            relation = other.state.get_relation(PEER_ID)
+            self._replace_relation(other, dataclasses.replace(relation, local_app_data=data))
+            changed = _relation_event("changed", PEER_ID, leader.machine)
+            self._queue(other.name, "cluster-relation-changed", changed, ("peer", leader.machine))
 
     def _deliver_container(self, unit: SimUnit, relation_id: int, data: dict[str, str]) -> None:
         partner_app = PRINCIPAL_APP if unit.app == SUB_APP else SUB_APP
@@ -485,6 +531,13 @@ class Cluster:
 
     def _subs(self) -> list[SimUnit]:
         return [u for u in self.units.values() if u.app == SUB_APP]
+
+
+def _record(unit: SimUnit) -> UnitRecord:
+    for stored in unit.state.stored_states:
+        if stored.name == "_stored" and stored.content.get("record"):
+            return UnitRecord.load(str(stored.content["record"]))
+    return UnitRecord()
 
 
 def _relation_event(kind: str, relation_id: int, remote: int) -> Callable[[SimUnit], Any]:

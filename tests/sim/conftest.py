@@ -10,9 +10,7 @@ from cluster import Cluster
 from testbed.etcd import EtcdCluster
 
 
-@pytest.fixture
-def simulate(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    """``simulate(machines, **options)`` builds a settled cluster; all are closed afterwards."""
+def _simulate(etcd: EtcdCluster | None, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     built: list[Cluster] = []
 
     def build(machines: int, **options: object) -> Cluster:
@@ -26,3 +24,15 @@ def simulate(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Callable[..., Cluste
     yield build
     for cluster in built:
         cluster.close()
+
+
+@pytest.fixture
+def simulate(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """``simulate(machines, **options)`` builds a settled cluster on etcd; closed afterwards."""
+    yield from _simulate(etcd, tmp_path)
+
+
+@pytest.fixture
+def simulate_without_etcd(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """The same with no etcd at all: the peer backend."""
+    yield from _simulate(None, tmp_path)
