@@ -44,6 +44,9 @@ PRINCIPAL = "rollingops"
 ETCD = "etcd"
 DOMAIN = "default"
 HOOK_RUNNER_ENV = "ROLLINGOPS_HOOK_RUNNER"
+HOOK_ETCD_BOUND = 2.0
+"""Seconds any etcd call may take inside a hook: a hook holds the machine lock."""
+WORKER_ETCD_BOUND = 5.0
 
 
 class LockGrantedEvent(ops.EventBase):
@@ -128,8 +131,8 @@ class RollingOpsCharm(ops.CharmBase):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _on_change(self, event: ops.EventBase) -> None:
-        probe = isinstance(event, (ops.UpdateStatusEvent, ops.RelationEvent))
-        self._reconcile(probe=probe)
+        etcd_event = isinstance(event, ops.RelationEvent) and event.relation.name == ETCD
+        self._reconcile(probe=etcd_event or isinstance(event, ops.UpdateStatusEvent))
 
     def _on_upgrade(self, _: ops.EventBase) -> None:
         self._reconcile(restart=True)
@@ -199,6 +202,7 @@ class RollingOpsCharm(ops.CharmBase):
         ]
         self._credentials_changed = self._credentials_changed or any(written)
         return EtcdSettings(
+            total_timeout=HOOK_ETCD_BOUND,
             endpoints=connection.endpoints,
             ca_file=paths.etcd_ca,
             cert_file=paths.client_cert,
@@ -211,7 +215,7 @@ class RollingOpsCharm(ops.CharmBase):
         config = WorkerConfig(
             unit=self.unit.name,
             charm_dir=self.charm_dir,
-            etcd=settings,
+            etcd=settings.model_copy(update={"total_timeout": WORKER_ETCD_BOUND}),
             domain=DOMAIN,
             lease_ttl=self.settings.lease_ttl,
             max_concurrent=self.settings.max_concurrent,
