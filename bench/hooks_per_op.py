@@ -24,6 +24,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "sim"), str(ROOT / "tests")]
@@ -48,8 +49,8 @@ def ends(cluster: Cluster) -> int:
     return sum(r["event"] == "end" for r in cluster.records())
 
 
-def measure(size: int, root: Path, etcd: EtcdCluster) -> dict[str, float]:
-    cluster = Cluster(root / f"sim{size}", etcd)
+def measure(size: int, root: Path, etcd: EtcdCluster | None) -> dict[str, float]:
+    cluster = Cluster(root / f"sim{size}-{'etcd' if etcd else 'peer'}", etcd)
     try:
         for _ in range(size):
             cluster.add_machine()
@@ -81,6 +82,40 @@ def measure(size: int, root: Path, etcd: EtcdCluster) -> dict[str, float]:
     }
 
 
+def measure_fallback(size: int, root: Path, etcd: EtcdCluster) -> dict[str, float]:
+    """Kill etcd after two restarts of a rolling restart; time until the next grant."""
+    cluster = Cluster(root / f"fallback{size}", etcd)
+    try:
+        for _ in range(size):
+            cluster.add_machine()
+        cluster.settle(timeout=600)
+        ops = [cluster.request(machine) for machine in range(size)]
+        cluster.run_until(lambda: ends(cluster) >= 2, timeout=120)
+        before = len([r for r in cluster.records() if r["event"] == "start"])
+        etcd.members[0].kill()
+        lost_at = time.time()
+        cluster.run_until(
+            lambda: len([r for r in cluster.records() if r["event"] == "start"]) > before,
+            timeout=300,
+        )
+        next_grant = (
+            next(r["ts"] for r in cluster.records()[::-1] if r["event"] == "start") - lost_at
+        )
+        cluster.run_until(
+            lambda: {r["op"] for r in cluster.records() if r["event"] == "end"} >= set(ops),
+            timeout=300,
+        )
+        ran = {r["op"] for r in cluster.records() if r["event"] == "end"}
+    finally:
+        cluster.close()
+        etcd.members[0].restart()
+    return {
+        "next_grant": next_grant,
+        "lost": len(set(ops) - ran),
+        "backend": cluster.backend() or "",
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 10, 30])
@@ -94,27 +129,38 @@ def main() -> int:
         EtcdCluster(1, base_dir=Path(tmp) / "etcd") as etcd,
     ):
         for size in args.sizes:
-            print(f"N = {size} ...", file=sys.stderr, flush=True)
-            rows.append((size, measure(size, Path(tmp), etcd)))
-    print("## Hooks per operation, etcd backend (cluster simulator)\n")
+            for backend, given in (("etcd", etcd), ("peer", None)):
+                print(f"N = {size}, {backend} ...", file=sys.stderr, flush=True)
+                rows.append((size, backend, measure(size, Path(tmp), given)))
+        print("fallback ...", file=sys.stderr, flush=True)
+        fallback = measure_fallback(5, Path(tmp), etcd)
+    print_tables(rows, fallback)
+    return 0
+
+
+def print_tables(rows: list[tuple[int, str, dict[str, float]]], fallback: dict[str, Any]) -> None:
+    print("## Hooks per operation (cluster simulator)\n")
     print(f"- command: {' '.join(['bench/hooks_per_op.py', *sys.argv[1:]])}")
     print("- hooks run for real (ops.testing), one at a time; the restart itself takes 0 s\n")
     print(
-        "| N | one op: hooks on its machine | one op: hooks on other machines | "
+        "| N | backend | one op: hooks on its machine | one op: hooks on other machines | "
         "rolling restart: hooks | per op | per machine mean / max | wall s |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for size, r in rows:
+    print("|---|---|---|---|---|---|---|---|")
+    for size, backend, r in rows:
         print(
-            f"| {size} | {r['single_here']} | {r['single_elsewhere']} | {r['total']} | "
-            f"{r['per_op']:.1f} | {r['machine_mean']:.1f} / {r['machine_max']} | "
-            f"{r['wall']:.2f} |"
+            f"| {size} | {backend} | {r['single_here']} | {r['single_elsewhere']} | "
+            f"{r['total']} | {r['per_op']:.1f} | {r['machine_mean']:.1f} / "
+            f"{r['machine_max']} | {r['wall']:.2f} |"
         )
     print(
-        f"\nTarget: a constant number of hooks per operation, all on the machine concerned "
-        f"(<= 5), none elsewhere. Reference: the old peer library, {OLD_PEER_LIBRARY}."
+        f"\nTarget (etcd): a constant number of hooks per operation, all on the machine "
+        f"concerned (<= 5), none elsewhere. Reference: the old peer library, {OLD_PEER_LIBRARY}."
     )
-    return 0
+    print("\n## etcd lost in the middle of a 5-unit rolling restart\n")
+    print("| etcd killed -> next grant (under peer) | operations lost | backend after |")
+    print("|---|---|---|")
+    print(f"| {fallback['next_grant']:.1f} s | {fallback['lost']} | {fallback['backend']} |")
 
 
 if __name__ == "__main__":

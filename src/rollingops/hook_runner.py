@@ -11,7 +11,11 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import threading
+import time
 from pathlib import Path
+
+_POLL = 0.05
 
 
 class HookFailedError(Exception):
@@ -32,20 +36,31 @@ class HookRunner:
         command = f"JUJU_DISPATCH_PATH=hooks/{hook} {shlex.quote(str(self._dispatch))}"
         return [str(self._runner), "-u", self._unit, command]
 
-    def fire(self, hook: str) -> None:
-        """Run the hook and wait for it; raise ``HookFailedError`` if it fails."""
+    def fire(self, hook: str, stop: threading.Event | None = None) -> None:
+        """Run the hook and wait for it; raise ``HookFailedError`` if it fails.
+
+        juju-exec waits for the machine lock. The hook holding that lock may be the one
+        stopping this worker (upgrade, fallback, removal), so setting ``stop`` abandons the
+        wait at once instead of deadlocking until the stop times out.
+        """
         env = {k: v for k, v in os.environ.items() if k != "JUJU_CONTEXT_ID"}
         try:
-            done = subprocess.run(
+            child = subprocess.Popen(
                 self.argv(hook),
                 env=env,
                 stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=self._timeout,
-                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
-        except (OSError, subprocess.TimeoutExpired) as error:
+        except OSError as error:
             raise HookFailedError(f"{hook}: {error}") from error
-        if done.returncode != 0:
-            tail = done.stderr.decode(errors="replace")[-500:]
-            raise HookFailedError(f"{hook}: exit {done.returncode}: {tail}")
+        deadline = time.monotonic() + self._timeout
+        while child.poll() is None:
+            if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
+                child.kill()
+                child.wait()
+                raise HookFailedError(f"{hook}: abandoned (stopping or {self._timeout}s passed)")
+            time.sleep(_POLL)
+        if child.returncode != 0:
+            tail = (child.stderr.read() if child.stderr else b"").decode(errors="replace")[-500:]
+            raise HookFailedError(f"{hook}: exit {child.returncode}: {tail}")

@@ -41,6 +41,8 @@ from .worker_config import WorkerConfig
 EXIT_ETCD_FAILED = 3
 _RETRY_PAUSE = 0.5
 _HOOK_BACKOFF_MAX = 30.0
+_SHUTDOWN_BOUND = 1.0
+"""Seconds each release call may take when stopping (SIGTERM, upgrade, fallback)."""
 
 logger = logging.getLogger("rollingops.worker")
 
@@ -71,6 +73,8 @@ class Worker:
         self._semaphore: FairSemaphore | None = None
         self._watch: QueueWatch | None = None
         self._snapshot: QueueSnapshot | None = None
+        self._etcd_down = False
+        """The last etcd call failed: shutting down must not wait on a dead cluster."""
 
     def run(self) -> int:
         """Serve until stopped; return the process exit code."""
@@ -80,8 +84,9 @@ class Worker:
             while not self.stop.is_set():
                 try:
                     self._step()
-                    unreachable_since = None
+                    unreachable_since, self._etcd_down = None, False
                 except EtcdError as error:  # unreachable, or refusing: both count to the deadline
+                    self._etcd_down = True
                     unreachable_since = unreachable_since or time.monotonic()
                     down_for = time.monotonic() - unreachable_since
                     record("etcd-unreachable", error=str(error), seconds=round(down_for, 3))
@@ -232,7 +237,7 @@ class Worker:
         backoff = 1.0
         while not self.stop.is_set():
             try:
-                self.hooks.fire(hook)
+                self.hooks.fire(hook, self.stop)
                 record("hook-fired", hook=hook)
                 break
             except HookFailedError as error:
@@ -261,7 +266,7 @@ class Worker:
     def _give_up(self, reason: str) -> int:
         record("etcd-failed", reason=reason, deadline=self.config.failure_deadline)
         try:
-            self.hooks.fire(self.config.etcd_failed_hook)
+            self.hooks.fire(self.config.etcd_failed_hook, self.stop)
         except HookFailedError as error:
             record("hook-failed", hook=self.config.etcd_failed_hook, error=str(error))
         return EXIT_ETCD_FAILED
@@ -269,9 +274,16 @@ class Worker:
     def _shutdown(self) -> None:
         if self._watch is not None:
             self._watch.close()
+        # Whatever etcd's state, stopping must be quick: the lease expires by itself anyway.
+        self.client.settings = self.client.settings.model_copy(
+            update={"total_timeout": _SHUTDOWN_BOUND, "call_timeout": _SHUTDOWN_BOUND / 2}
+        )
         try:
-            self._release()
-            self._drop_lease()
+            if self._etcd_down:
+                record("shutdown-without-etcd")
+            else:
+                self._release()
+                self._drop_lease()
         except Exception as error:  # the lease expires on its own anyway
             record("shutdown-incomplete", error=str(error))
         self.client.close()

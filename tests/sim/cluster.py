@@ -118,7 +118,10 @@ class _HookRequestHandler(socketserver.StreamRequestHandler):
         request = json.loads(self.rfile.readline())
         server: _HookRequests = self.server  # type: ignore[assignment]
         ok = server.cluster.fire_custom(request["unit"], request["hook"])
-        self.wfile.write(json.dumps({"ok": ok}).encode() + b"\n")
+        try:
+            self.wfile.write(json.dumps({"ok": ok}).encode() + b"\n")
+        except BrokenPipeError:  # the worker gave up waiting (it is being stopped)
+            return
 
 
 @dataclass
