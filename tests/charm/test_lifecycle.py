@@ -190,3 +190,13 @@ def test_unreadable_record_blocks_with_the_reason_and_is_kept(ctx, supervisor):
     assert out.unit_status == testing.BlockedStatus("unit record unreadable: 1 errors")
     kept = out.get_stored_state("_stored", owner_path="RollingOpsCharm").content["record"]
     assert kept == "{not json"
+
+
+def test_fallback_none_grants_nothing_and_says_why(ctx, supervisor, wired):
+    wired.cluster.members[0].kill()
+    state = wired.state(peer(), leader=True, config={"fallback": "none"})
+    out = ctx.run(worker_hook("rollingops_etcd_failed"), state)
+    assert out.unit_status.message.startswith("no grants: etcd lost since ")
+    assert out.unit_status.message.endswith(" and fallback=none")
+    decision = json.loads(out.get_relations("cluster")[0].local_app_data["backend"])
+    assert decision["backend"] == "none"

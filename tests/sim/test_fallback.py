@@ -57,3 +57,16 @@ def test_back_to_etcd_once_the_peer_queues_drain(simulate):
     cluster.run_until(lambda: len(events(cluster, "end")) == 2, timeout=60)
     assert events(cluster, "end")[-1]["unit"] == "principal/1"
     assert cluster.etcd_queue(0).pending == ()  # nothing stale left behind in etcd
+
+
+def test_a_new_leader_takes_over_the_peer_grants(simulate_without_etcd):
+    cluster = simulate_without_etcd(3)
+    request_in_order(cluster, range(3), results=[None])
+    cluster.run_until(lambda: len(events(cluster, "end")) == 1, timeout=60)
+    cluster.elect(2)
+    cluster.settle()
+    assert cluster.running() == {"rollingops/0"}, "the half-done grant is still counted"
+    cluster.request(0, kwargs={"results": ["release"]})  # unrelated; the stuck one holds
+    cluster.settle()
+    assert len(events(cluster, "start")) == 1
+    assert cluster.max_running == 1
