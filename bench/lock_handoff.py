@@ -145,13 +145,9 @@ def etcd_cluster(size: int) -> Iterator[Any]:
 
 def client_settings(cluster: Any) -> EtcdSettings:
     """What the application's client certificate may reach: the cluster's prefix only."""
-    return EtcdSettings(
-        endpoints=cluster.endpoints,
-        ca_file=cluster.ca_file,
-        cert_file=cluster.client_cert_file,
-        key_file=cluster.client_key_file,
-        prefix=cluster.prefix,
-    )
+    from testbed.workers import settings_for  # noqa: PLC0415 - the test bed lives in tests/
+
+    return settings_for(cluster)
 
 
 # -- part 1: semaphore handoff -------------------------------------------------------------
