@@ -18,6 +18,7 @@ from pathlib import Path
 import ops
 
 from rollingops.backend_choice import Backend, Health, choose
+from rollingops.certificates import ClientIdentity
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient, EtcdError, EtcdSettings
 from rollingops.files import private_dir, write_private
@@ -75,6 +76,7 @@ class RollingOpsCharm(ops.CharmBase):
         self.config_error = ""
         self._credentials_changed = False
         """A key, certificate or CA file changed in this hook: the worker must reload."""
+        self._settings_memo: tuple[ClientIdentity | None, EtcdSettings | None] | None = None
         self.settings: CharmConfig | None = None
         try:
             self.settings = CharmConfig.parse(self.config)
@@ -189,7 +191,16 @@ class RollingOpsCharm(ops.CharmBase):
             return None
 
     def etcd_settings(self) -> EtcdSettings | None:
-        """Client settings once etcd answered; writes the credentials (0600) on the way."""
+        """Client settings once etcd answered; writes the credentials (0600) on the way.
+
+        Computed once per hook (one charm instance lives for one hook): relation data and
+        secrets are hook-tool calls on a real unit. A new identity (leader renewal) recomputes.
+        """
+        if self._settings_memo is None or self._settings_memo[0] is not self.identity:
+            self._settings_memo = (self.identity, self._build_etcd_settings())
+        return self._settings_memo[1]
+
+    def _build_etcd_settings(self) -> EtcdSettings | None:
         connection = self._connection()
         if connection is None or self.identity is None or self.prefix is None:
             return None
