@@ -270,9 +270,7 @@ class RollingOpsCharm(ops.CharmBase):
 
     def backend(self) -> Backend:
         """The backend the leader chose; etcd until it has said anything."""
-        peer = self._peer_view()
-        decision = peer[1].decision if peer else None
-        return Backend.ETCD if decision is None else decision.backend
+        return _decided(self._peer_view())
 
     def _sync(self, on_grant: bool = False, probe: bool = False) -> None:
         """Requests in, queue through the backend, record and protocol bag out.
@@ -290,9 +288,9 @@ class RollingOpsCharm(ops.CharmBase):
             on_grant = probe = False
 
     def _sync_once(self, record: UnitRecord, on_grant: bool, probe: bool) -> None:
-        backend = self.backend()
-        settings = self.etcd_settings()
         peer = self._peer_view()
+        backend = _decided(peer)
+        settings = self.etcd_settings()
         epoch = peer[1].decision.epoch if peer and peer[1].decision else 0
         if backend is Backend.ETCD and settings is not None:
             try:
@@ -460,6 +458,12 @@ class RollingOpsCharm(ops.CharmBase):
     def _on_run_exclusive(self, event: ops.ActionEvent) -> None:
         actions.run_exclusive(self, event)
         self._sync()
+
+
+def _decided(peer: tuple[ops.Relation, peer_backend.PeerView] | None) -> Backend:
+    """The backend in a peer view: etcd until the leader has decided anything."""
+    decision = peer[1].decision if peer else None
+    return Backend.ETCD if decision is None else decision.backend
 
 
 def _reason(backend: Backend, health: Health) -> str:
