@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rollingops.backend_choice import Backend
 from rollingops.models import UnitQueue, utcnow
 from rollingops.peer_scheduler import PeerGrant, Schedule
+
+logger = logging.getLogger(__name__)
 
 
 class Decision(BaseModel):
@@ -42,7 +45,7 @@ class Decision(BaseModel):
 
 @dataclass(frozen=True)
 class PeerView:
-    """Everything the peer relation says, parsed; what is unreadable is left out and named."""
+    """Everything the peer relation says, parsed; what is unreadable is left out (and logged)."""
 
     decision: Decision | None
     schedule: Schedule
@@ -50,7 +53,6 @@ class PeerView:
     epochs: dict[str, int]
     """Backend epoch each unit last published its queue for."""
     etcd_failed: dict[str, str]
-    unreadable: list[str]
 
 
 def read(relation: ops.Relation, app: ops.Application, me: ops.Unit) -> PeerView:
@@ -81,7 +83,9 @@ def read(relation: ops.Relation, app: ops.Application, me: ops.Unit) -> PeerView
     if schedule is None:
         unreadable.append("grants")
         schedule = Schedule({}, 1)
-    return PeerView(decision, schedule, queues, epochs, failed, unreadable)
+    if unreadable:
+        logger.warning("peer relation data unreadable, ignored: %s", ", ".join(unreadable))
+    return PeerView(decision, schedule, queues, epochs, failed)
 
 
 def _schedule(app_bag: Mapping[str, str]) -> Schedule | None:

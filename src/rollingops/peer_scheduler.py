@@ -85,8 +85,3 @@ def _highest_token(queues: Mapping[str, UnitQueue]) -> int:
     tokens = [e.token for q in queues.values() for e in q.history]
     tokens += [q.current.token for q in queues.values() if q.current is not None]
     return max(tokens, default=0)
-
-
-def holders(queues: Mapping[str, UnitQueue]) -> set[str]:
-    """Units running an operation now: what the "at most k" invariant counts."""
-    return {unit for unit, queue in queues.items() if queue.current is not None}
