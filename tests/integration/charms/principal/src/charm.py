@@ -7,6 +7,10 @@ op, callback, attempt and fencing token. ``kwargs`` steer it: ``seconds`` (how l
 takes), ``results`` (result per attempt, default ``release``; ``null`` never answers),
 ``fail-times`` (for ``flaky``:
 raise on the first attempts, which the library reports as ``retry-release``).
+
+The ``record`` action returns this unit's lines, so that tests on a real controller can read
+them without a shell on the machine. The unit is active once related to the subordinate; its
+message is what the subordinate last said it does for us.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ import ops
 from rollingops_principal import LockGrantedEvent, RollingOps
 
 RECORD_ENV = "ROLLINGOPS_DEMO_RECORD"
+RELATION = "rollingops"
+
+
+def _record_path() -> Path:
+    return Path(os.environ.get(RECORD_ENV, "/var/lib/rollingops-demo/record.jsonl"))
 
 
 class DemoPrincipal(ops.CharmBase):
@@ -30,9 +39,11 @@ class DemoPrincipal(ops.CharmBase):
     def __init__(self, framework: ops.Framework) -> None:
         super().__init__(framework)
         self._attempts = 0
-        self.rolling = RollingOps(self, callbacks={"flaky": self._flaky})
+        self.rolling = RollingOps(self, RELATION, callbacks={"flaky": self._flaky})
         framework.observe(self.rolling.on.lock_granted, self._on_lock_granted)
         framework.observe(self.on.restart_action, self._on_restart_action)
+        framework.observe(self.on.record_action, self._on_record_action)
+        framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
 
     def _on_restart_action(self, event: ops.ActionEvent) -> None:
         max_retry = int(event.params.get("max-retry", -1))
@@ -42,6 +53,25 @@ class DemoPrincipal(ops.CharmBase):
             max_retry=None if max_retry < 0 else max_retry,
         )
         event.set_results({"op": op_id})
+
+    def _on_record_action(self, event: ops.ActionEvent) -> None:
+        """This unit's record as one JSON list (action results hold strings only)."""
+        path = _record_path()
+        lines = path.read_text().splitlines() if path.exists() else []
+        mine = [entry for entry in map(json.loads, lines) if entry.get("unit") == self.unit.name]
+        event.set_results({"count": len(mine), "record": json.dumps(mine)})
+
+    def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
+        """Blocked until related; then active, whatever the lock does, so that tests can wait."""
+        if self.model.get_relation(RELATION) is None:
+            event.add_status(ops.BlockedStatus("integrate with the rollingops subordinate"))
+            return
+        try:
+            state = self.rolling.state
+        except ValueError:  # pydantic's ValidationError too: the subordinate's data is unusable
+            state = None
+        message = "waiting for the subordinate" if state is None else f"lock: {state.status}"
+        event.add_status(ops.ActiveStatus(message))
 
     def _on_lock_granted(self, event: LockGrantedEvent) -> None:
         self._record("start", event.op_id, event.callback, event.attempt, event.token)
@@ -64,7 +94,7 @@ class DemoPrincipal(ops.CharmBase):
     def _record(
         self, event: str, op_id: str, callback: str, attempt: int, token: int, **extra: str
     ) -> None:
-        path = Path(os.environ.get(RECORD_ENV, "/var/lib/rollingops-demo/record.jsonl"))
+        path = _record_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         line = {
             "ts": time.time(),
