@@ -60,6 +60,7 @@ def lock_status(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
         "unit": charm.unit.name,
         "worker-running": charm.worker_running(),
         "queue": _queue_summary(record.queue if record else UnitQueue()),
+        "etcd-credentials": charm.credential_mode(),
     }
     settings = charm.etcd_settings()
     if settings is None:

@@ -9,6 +9,8 @@ principal. The worker process does the waiting; no hook ever waits for the lock.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -16,9 +18,9 @@ import sys
 from pathlib import Path
 
 import ops
+from charmlibs.interfaces.certificate_transfer import CertificateTransferProvides
 
 from rollingops.backend_choice import Backend, Health, choose
-from rollingops.certificates import ClientIdentity
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient, EtcdError, EtcdSettings
 from rollingops.files import private_dir, write_private
@@ -30,8 +32,17 @@ from rollingops.worker_config import WorkerConfig
 
 from . import actions, exclusive, peer_backend
 from .config import CharmConfig, InvalidConfigError, etcd_prefix
+from .credentials import (
+    ClientFiles,
+    ca_id,
+    enrolment_files,
+    ensure_unit_leaf,
+    forget_enrolment,
+    unit_files,
+    write_enrolment,
+)
 from .etcd_relation import EtcdConnection, EtcdRequirer
-from .identity import ensure_identity, read_identity
+from .identity import AppIdentity, client_cn, ensure_identity, read_identity
 from .intake import Applied, absorb, apply, local_sync, take
 from .paths import UnitPaths
 from .principal import PrincipalLink, subordinate_bag
@@ -43,6 +54,7 @@ logger = logging.getLogger(__name__)
 PEER = "cluster"
 PRINCIPAL = "rollingops"
 ETCD = "etcd"
+CLIENT_CA = "etcd-client-ca"
 DOMAIN = "default"
 HOOK_RUNNER_ENV = "ROLLINGOPS_HOOK_RUNNER"
 HOOK_ETCD_BOUND = 2.0
@@ -74,25 +86,26 @@ class RollingOpsCharm(ops.CharmBase):
     def __init__(self, framework: ops.Framework) -> None:
         super().__init__(framework)
         self.config_error = ""
-        self._credentials_changed = False
-        """A key, certificate or CA file changed in this hook: the worker must reload."""
-        self._settings_memo: tuple[ClientIdentity | None, EtcdSettings | None] | None = None
+        self._settings_memo: tuple[AppIdentity | None, EtcdSettings | None] | None = None
         self.settings: CharmConfig | None = None
         try:
             self.settings = CharmConfig.parse(self.config)
         except InvalidConfigError as error:
             self.config_error = str(error)
         self.identity = read_identity(self.model)
-        self.prefix = (
-            etcd_prefix(self.settings.effective_cluster_id(self.app.name, self.model.uuid))
+        cluster_id = (
+            self.settings.effective_cluster_id(self.app.name, self.model.uuid)
             if self.settings
             else None
         )
-        self.etcd = EtcdRequirer(
-            self, ETCD, self.prefix, self.identity.cert_pem if self.identity else None
+        self.prefix = etcd_prefix(cluster_id) if cluster_id else None
+        self.client_cn = (
+            client_cn(self.app.name, self.model.uuid, cluster_id) if cluster_id else None
         )
+        self.etcd = EtcdRequirer(self.model, ETCD)
+        self.client_ca = CertificateTransferProvides(self, CLIENT_CA)
         self.principal = PrincipalLink(self.model, PRINCIPAL)
-        self._stored.set_default(record="")
+        self._stored.set_default(record="", own_leaf_ca="", worker_digest="")
         self._observe()
 
     def _observe(self) -> None:
@@ -108,15 +121,16 @@ class RollingOpsCharm(ops.CharmBase):
             self.on[PEER].relation_changed,
             self.on[ETCD].relation_joined,
             self.on[ETCD].relation_changed,
-            self.etcd.handler.on.resource_created,
-            self.etcd.handler.on.endpoints_changed,
-            self.etcd.handler.on.authentication_updated,
+            self.on[CLIENT_CA].relation_joined,
+            self.on[CLIENT_CA].relation_changed,
+            self.on[CLIENT_CA].relation_broken,
             self.on[PRINCIPAL].relation_joined,
             self.on[PRINCIPAL].relation_changed,
             self.on[PRINCIPAL].relation_departed,
         ):
             observe(event, self._on_change)
         observe(self.on.upgrade_charm, self._on_upgrade)
+        observe(self.on.secret_remove, self._on_secret_remove)
         observe(self.on[ETCD].relation_broken, self._on_etcd_broken)
         observe(self.on.rollingops_lock_granted, self._on_lock_granted)
         observe(self.on.rollingops_etcd_failed, self._on_etcd_failed)
@@ -133,14 +147,23 @@ class RollingOpsCharm(ops.CharmBase):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _on_change(self, event: ops.EventBase) -> None:
-        etcd_event = isinstance(event, ops.RelationEvent) and event.relation.name == ETCD
+        etcd_event = isinstance(event, ops.RelationEvent) and event.relation.name in (
+            ETCD,
+            CLIENT_CA,
+        )
         self._reconcile(probe=etcd_event or isinstance(event, ops.UpdateStatusEvent))
+
+    def _on_secret_remove(self, event: ops.SecretRemoveEvent) -> None:
+        """A revision of one of our secrets is tracked by nobody any more: delete it."""
+        event.remove_revision()
 
     def _on_upgrade(self, _: ops.EventBase) -> None:
         self._reconcile(restart=True)
 
     def _on_etcd_broken(self, _: ops.EventBase) -> None:
         self._supervisor().remove()
+        self._stored.own_leaf_ca = ""  # another etcd may come: probe the own leaf again
+        self._stored.worker_digest = ""
         self._sync()
 
     def _on_stop(self, _: ops.EventBase) -> None:
@@ -161,18 +184,58 @@ class RollingOpsCharm(ops.CharmBase):
         self._reconcile()
 
     def _reconcile(self, restart: bool = False, probe: bool = False) -> None:
-        """Bring identity, relation request, credentials and worker in line; then sync."""
-        if self.unit.is_leader() and self.settings is not None:
-            self.identity = ensure_identity(self.model)
-            self.etcd.set_certificate(self.identity.cert_pem)
-        self.etcd.publish()
+        """Bring identity, relation requests, credentials and worker in line; then sync."""
+        if self.unit.is_leader() and self.client_cn is not None and self.prefix is not None:
+            self.identity = ensure_identity(self.model, self.client_cn)
+            self.etcd.publish(self.prefix, self.identity.enrolment.cert_pem)
+            self._publish_client_cas(self.identity)
+        if probe:
+            self._try_own_leaf()
         self._sync(probe=probe)
         settings = self.etcd_settings()
         if settings is None or self.backend() is not Backend.ETCD:
             self._supervisor().remove()
+            self._stored.worker_digest = ""
         else:
-            changed = self._write_worker_config(settings) or self._credentials_changed
-            self._supervisor().ensure_running(restart=restart or changed)
+            self._run_worker(settings, restart)
+
+    def _run_worker(self, settings: EtcdSettings, restart: bool) -> None:
+        """Start the worker, or restart it when its config or credentials changed.
+
+        A restart releases the lock, so a change waits while this unit runs an operation (the
+        running worker keeps its open connections); the next hook after it restarts.
+        """
+        self._write_worker_config(settings)
+        digest = self._worker_digest(settings)
+        supervisor = self._supervisor()
+        changed = digest != self._stored.worker_digest
+        if changed and not restart and self._busy() and supervisor.is_running():
+            logger.info("worker config or credentials changed: restart after the operation")
+            return
+        supervisor.ensure_running(restart=restart or changed)
+        self._stored.worker_digest = digest
+
+    def _worker_digest(self, settings: EtcdSettings) -> str:
+        """What the worker reads at start: its config and the credential files."""
+        files = (self.paths.worker_config, settings.ca_file, settings.cert_file, settings.key_file)
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(path.read_bytes() if path.exists() else b"")
+        return digest.hexdigest()
+
+    def _busy(self) -> bool:
+        record = self.load_record()
+        return record is not None and record.queue.current is not None
+
+    def _publish_client_cas(self, identity: AppIdentity) -> None:
+        """Leader: offer our client CA(s) to charmed-etcd's ``client-cas``."""
+        relation = self.model.get_relation(CLIENT_CA)
+        if relation is None:
+            return
+        published = set(json.loads(relation.data[self.app].get("certificates") or "[]"))
+        if published != identity.trusted_cas:
+            self.client_ca.remove_all_certificates(relation.id)
+            self.client_ca.add_certificates(identity.trusted_cas, relation.id)
 
     # -- etcd and worker ---------------------------------------------------------------------
 
@@ -182,13 +245,19 @@ class RollingOpsCharm(ops.CharmBase):
         return UnitPaths.for_unit(self.unit.name)
 
     def _connection(self) -> EtcdConnection | None:
-        if self.settings is None or self.identity is None:
+        if self.prefix is None or self.client_cn is None or self.identity is None:
             return None
-        try:
-            return self.etcd.connection()
-        except ValueError as error:
-            logger.warning("etcd relation data unusable: %s", error)
-            return None
+        return self.etcd.connection(self.prefix, self.client_cn)
+
+    def etcd_waiting_for(self) -> str:
+        """Why this unit cannot use etcd yet ("" when it can): said in status, never silent."""
+        if self.etcd.relation is None:
+            return "integrate with charmed-etcd"
+        if self.identity is None or self.client_cn is None:
+            return "waiting for the client certificate from the leader"
+        if self._connection() is None:
+            return f"waiting for charmed-etcd to grant {self.client_cn} on {self.prefix}"
+        return ""
 
     def etcd_settings(self) -> EtcdSettings | None:
         """Client settings once etcd answered; writes the credentials (0600) on the way.
@@ -204,22 +273,73 @@ class RollingOpsCharm(ops.CharmBase):
         connection = self._connection()
         if connection is None or self.identity is None or self.prefix is None:
             return None
-        paths = self.paths
-        private_dir(paths.root)
-        written = [
-            write_private(paths.client_key, self.identity.key_pem),
-            write_private(paths.client_cert, self.identity.cert_pem),
-            write_private(paths.etcd_ca, connection.ca_pem),
-        ]
-        self._credentials_changed = self._credentials_changed or any(written)
+        files = self._client_files(self.identity)
+        write_private(self.paths.etcd_ca, connection.ca_pem)
+        return self._settings_with(connection, files, HOOK_ETCD_BOUND)
+
+    def _settings_with(
+        self, connection: EtcdConnection, files: ClientFiles, bound: float
+    ) -> EtcdSettings:
+        assert self.prefix is not None  # noqa: S101 - a connection exists only with a prefix
         return EtcdSettings(
-            total_timeout=HOOK_ETCD_BOUND,
+            total_timeout=bound,
+            call_timeout=min(bound, EtcdSettings.model_fields["call_timeout"].default),
             endpoints=connection.endpoints,
-            ca_file=paths.etcd_ca,
-            cert_file=paths.client_cert,
-            key_file=paths.client_key,
+            ca_file=self.paths.etcd_ca,
+            cert_file=files.cert_file,
+            key_file=files.key_file,
             prefix=self.prefix,
         )
+
+    def _client_files(self, identity: AppIdentity) -> ClientFiles:
+        """The pair this unit connects with (see ``credentials``), written 0600."""
+        assert self.client_cn is not None  # noqa: S101 - an identity exists only with a CN
+        paths = self.paths
+        private_dir(paths.root)
+        ensure_unit_leaf(paths, identity, self.client_cn, busy=self._busy())
+        if self.model.get_relation(CLIENT_CA) is None:
+            self._stored.own_leaf_ca = ""
+        if self._stored.own_leaf_ca == ca_id(identity):
+            forget_enrolment(paths)
+            return unit_files(paths)
+        write_enrolment(paths, identity)
+        return enrolment_files(paths)
+
+    def credential_mode(self) -> str:
+        """Which certificate this unit connects with, for lock-status."""
+        settings = self.etcd_settings()
+        if settings is None:
+            return "none"
+        return "own leaf" if settings.cert_file == self.paths.unit_cert else "enrolment"
+
+    def _try_own_leaf(self) -> None:
+        """Move to this unit's own leaf once etcd accepts it (our CA trusted via client-cas).
+
+        Probed (1 s at most) only on etcd and client-cas relation events and update-status,
+        until it succeeds once for the current CA.
+        """
+        identity, connection = self.identity, self._connection()
+        if (
+            identity is None
+            or connection is None
+            or self.model.get_relation(CLIENT_CA) is None
+            or self._stored.own_leaf_ca == ca_id(identity)
+        ):
+            return
+        assert self.client_cn is not None  # noqa: S101 - a connection exists only with a CN
+        private_dir(self.paths.root)
+        ensure_unit_leaf(self.paths, identity, self.client_cn, busy=self._busy())
+        write_private(self.paths.etcd_ca, connection.ca_pem)
+        probe = self._settings_with(connection, unit_files(self.paths), 1.0)
+        try:
+            with EtcdClient(probe) as client:
+                client.get(client.prefix)
+        except EtcdError as error:
+            logger.info("own leaf not accepted by etcd yet (client-cas pending?): %s", error)
+            return
+        logger.info("etcd accepts this unit's own leaf: enrolment key no longer used here")
+        self._stored.own_leaf_ca = ca_id(identity)
+        self._settings_memo = None
 
     def _write_worker_config(self, settings: EtcdSettings) -> bool:
         assert self.settings is not None  # noqa: S101 - settings exist when etcd settings do
@@ -426,8 +546,7 @@ class RollingOpsCharm(ops.CharmBase):
             config_error=self.config_error,
             record_error=record_error,
             has_etcd_relation=self.etcd.relation is not None,
-            has_identity=self.identity is not None,
-            etcd_ready=self._connection() is not None,
+            etcd_waiting_for=self.etcd_waiting_for(),
             worker_running=self.worker_running(),
             record=record,
             max_concurrent=self.settings.max_concurrent if self.settings else 1,

@@ -1,43 +1,131 @@
-"""The application's etcd client identity, kept in one Juju app secret.
+"""The application's client PKI, kept by the leader in one Juju app secret.
 
-The leader creates it (and renews it before it expires); every unit reads it and writes key and
-certificate to its own directory, 0600. The key never appears in relation data or logs.
+It holds the private client CA (sent to charmed-etcd over ``client-cas``) and the enrolment
+certificate (sent as ``mtls-cert``): a leaf signed by that CA whose CN names the etcd user.
+charmed-etcd pins the enrolment leaf, so it changes only when it must (a new cluster-id, the
+yearly renewal, a new CA); units connect with leaves of their own (``credentials``). Keys never
+appear in relation data or logs. Old secret revisions are removed once Juju says nobody tracks
+them (``secret-remove``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
 import ops
 
-from rollingops.certificates import ClientIdentity, generate_client_identity, needs_renewal
+from rollingops.certificates import (
+    CA_RENEWAL_MARGIN,
+    ENROLMENT_RENEWAL_MARGIN,
+    ClientIdentity,
+    common_name,
+    generate_client_ca,
+    generate_client_identity,
+    is_signed_by,
+    needs_renewal,
+)
 
 LABEL = "rollingops-client-identity"
+CN_LIMIT = 64
+"""X.509 caps a common name at 64 characters."""
 
 
-def client_cn(app: str, model_uuid: str) -> str:
-    """CN, hence etcd user: unique per application and model."""
-    return f"rollingops-{app}-{model_uuid[:8]}"
+@dataclass(frozen=True)
+class AppIdentity:
+    """The client CA, the enrolment pair it signed and, during a CA change, the old CA."""
+
+    ca: ClientIdentity
+    enrolment: ClientIdentity
+    previous_ca_cert: str = ""
+
+    @property
+    def trusted_cas(self) -> set[str]:
+        """What charmed-etcd must trust over ``client-cas``: the CA, and the old one a while."""
+        return {self.ca.cert_pem} | ({self.previous_ca_cert} if self.previous_ca_cert else set())
+
+    def content(self) -> dict[str, str]:
+        """The secret's content (keys as Juju allows them)."""
+        content = {
+            "ca-key": self.ca.key_pem,
+            "ca-cert": self.ca.cert_pem,
+            "key": self.enrolment.key_pem,
+            "cert": self.enrolment.cert_pem,
+        }
+        if self.previous_ca_cert:
+            content["previous-ca-cert"] = self.previous_ca_cert
+        return content
 
 
-def read_identity(model: ops.Model) -> ClientIdentity | None:
+def client_cn(app: str, model_uuid: str, cluster_id: str) -> str:
+    """CN, hence etcd user: unique per application, model and lock domain.
+
+    The cluster-id is part of it because charmed-etcd binds one user to one prefix: a new
+    cluster-id needs a new user, which charmed-etcd creates (removing the old one) when the
+    enrolment certificate's CN changes under the same request-id.
+    """
+    digest = hashlib.sha256(f"{model_uuid}/{app}/{cluster_id}".encode()).hexdigest()[:8]
+    suffix = f"-{model_uuid[:8]}-{digest}"
+    return f"rollingops-{app}"[: CN_LIMIT - len(suffix)] + suffix
+
+
+def read_identity(model: ops.Model) -> AppIdentity | None:
     """The identity from the app secret, or ``None`` before the leader created it."""
     try:
         content = model.get_secret(label=LABEL).get_content(refresh=True)
     except (ops.SecretNotFoundError, ops.ModelError):
         return None
-    if "key" not in content or "cert" not in content:
-        return None
-    return ClientIdentity(key_pem=content["key"], cert_pem=content["cert"])
+    try:
+        return AppIdentity(
+            ca=ClientIdentity(content["ca-key"], content["ca-cert"]),
+            enrolment=ClientIdentity(content["key"], content["cert"]),
+            previous_ca_cert=content.get("previous-ca-cert", ""),
+        )
+    except KeyError:
+        return None  # an identity from before the client CA: the leader replaces it
 
 
-def ensure_identity(model: ops.Model) -> ClientIdentity:
-    """Leader only: create the identity, or renew it when it nears expiry."""
-    current = read_identity(model)
-    if current is not None and not needs_renewal(current.cert_pem):
-        return current
-    fresh = generate_client_identity(client_cn(model.app.name, model.uuid))
-    content = {"key": fresh.key_pem, "cert": fresh.cert_pem}
+def renewed_identity(
+    current: AppIdentity | None, cn: str, now: dt.datetime | None = None
+) -> AppIdentity | None:
+    """The identity the application should have now, or ``None`` if ``current`` is right.
+
+    A CA within a year of expiry is replaced (the old one stays trusted until it expires);
+    the enrolment leaf is reissued when its CN is not ``cn``, when the CA changed, or a month
+    before it expires.
+    """
+    if current is not None and needs_renewal(current.ca.cert_pem, CA_RENEWAL_MARGIN, now):
+        ca = generate_client_ca(f"{cn} client CA", now=now)
+        enrolment = generate_client_identity(cn, now=now, ca=ca)
+        return AppIdentity(ca, enrolment, previous_ca_cert=current.ca.cert_pem)
     if current is None:
-        model.app.add_secret(content, label=LABEL, description="rollingops etcd client identity")
-    else:
-        model.get_secret(label=LABEL).set_content(content)
+        ca = generate_client_ca(f"{cn} client CA", now=now)
+        return AppIdentity(ca, generate_client_identity(cn, now=now, ca=ca))
+    enrolment = current.enrolment.cert_pem
+    if (
+        common_name(enrolment) != cn
+        or not is_signed_by(enrolment, current.ca.cert_pem)
+        or needs_renewal(enrolment, ENROLMENT_RENEWAL_MARGIN, now)
+    ):
+        fresh = generate_client_identity(cn, now=now, ca=current.ca)
+        return AppIdentity(current.ca, fresh, current.previous_ca_cert)
+    if current.previous_ca_cert and needs_renewal(current.previous_ca_cert, dt.timedelta(0), now):
+        return AppIdentity(current.ca, current.enrolment)
+    return None
+
+
+def ensure_identity(model: ops.Model, cn: str) -> AppIdentity:
+    """Leader only: create the identity, or renew what is due, and store it."""
+    current = read_identity(model)
+    fresh = renewed_identity(current, cn)
+    if fresh is None:
+        assert current is not None  # noqa: S101 - renewed_identity creates when there is none
+        return current
+    try:
+        model.get_secret(label=LABEL).set_content(fresh.content())
+    except ops.SecretNotFoundError:
+        model.app.add_secret(
+            fresh.content(), label=LABEL, description="rollingops etcd client CA and enrolment"
+        )
     return fresh

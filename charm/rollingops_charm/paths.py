@@ -18,7 +18,12 @@ class UnitPaths:
     root: Path
     worker_config: Path
     client_cert: Path
+    """The enrolment certificate (shared by the application; see ``credentials``)."""
     client_key: Path
+    unit_cert: Path
+    """This unit's own leaf, signed by the application's client CA."""
+    unit_key: Path
+    """This unit's own key: generated here, never sent anywhere."""
     etcd_ca: Path
     worker_log: Path
 
@@ -31,6 +36,8 @@ class UnitPaths:
             worker_config=root / "worker.json",
             client_cert=root / "client.pem",
             client_key=root / "client.key",
+            unit_cert=root / "unit.pem",
+            unit_key=root / "unit.key",
             etcd_ca=root / "etcd-ca.pem",
             worker_log=root / "worker.log",
         )

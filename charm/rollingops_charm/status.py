@@ -20,8 +20,8 @@ class StatusInputs:
     config_error: str
     record_error: str
     has_etcd_relation: bool
-    has_identity: bool
-    etcd_ready: bool
+    etcd_waiting_for: str
+    """Why etcd cannot be used yet, in an operator's words; "" once it can."""
     worker_running: bool
     record: UnitRecord | None
     max_concurrent: int
@@ -53,11 +53,12 @@ def _off_etcd(inputs: StatusInputs, record: UnitRecord, now: dt.datetime) -> ops
     since = (inputs.backend_since or now).strftime("%H:%M")
     if inputs.backend is Backend.NONE:
         return ops.BlockedStatus(f"no grants: etcd lost since {since} and fallback=none")
-    where = (
-        f"peer fallback since {since} (own domain)"
-        if inputs.has_etcd_relation
-        else "peer backend (no etcd)"
-    )
+    if not inputs.has_etcd_relation:
+        where = "peer backend (no etcd)"
+    elif inputs.etcd_waiting_for:
+        where = f"peer fallback since {since} (own domain; {inputs.etcd_waiting_for})"
+    else:
+        where = f"peer fallback since {since} (own domain)"
     return ops.ActiveStatus(f"{where}: {_activity(record, inputs.max_concurrent, now, 'peer')}")
 
 
@@ -65,10 +66,8 @@ def _setup_problem(inputs: StatusInputs) -> ops.StatusBase | None:
     """What stops the unit from working on etcd, if anything."""
     if not inputs.has_etcd_relation:
         return ops.BlockedStatus("no backend: integrate with charmed-etcd")
-    if not inputs.has_identity:
-        return ops.WaitingStatus("waiting for the client certificate from the leader")
-    if not inputs.etcd_ready:
-        return ops.WaitingStatus("waiting for etcd endpoints and CA")
+    if inputs.etcd_waiting_for:
+        return ops.WaitingStatus(inputs.etcd_waiting_for)
     return None
 
 

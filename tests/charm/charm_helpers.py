@@ -14,11 +14,13 @@ import rollingops_charm.charm as charm_module
 import yaml
 from ops import testing
 from rollingops_charm.charm import RollingOpsCharm
+from rollingops_charm.identity import AppIdentity
 from rollingops_charm.unit_record import UnitRecord
 from scenario.state import _Event  # pyright: ignore[reportPrivateUsage]
-from testbed.charmed_etcd import answer
+from testbed.charmed_etcd import CharmedEtcd, connect
 from testbed.etcd import EtcdCluster
 
+from rollingops.certificates import ClientIdentity
 from rollingops.models import UnitQueue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,21 +118,40 @@ class EtcdWiring:
     relation: testing.Relation
     secrets: list[testing.Secret]
     config: dict[str, str | int]
+    model: testing.Model
+    provider: CharmedEtcd
 
     def state(self, *relations: testing.RelationBase, **kwargs: Any) -> testing.State:
         return testing.State(
             relations={self.relation, *relations},
             secrets=set(self.secrets),
             config={**self.config, **kwargs.pop("config", {})},
+            model=kwargs.pop("model", self.model),
             **kwargs,
         )
 
 
 @pytest.fixture
-def wired(etcd: EtcdCluster) -> EtcdWiring:
-    """charmed-etcd's answer, as dpcharmlibs writes it, pointing at a real etcd."""
-    given = answer(etcd)
-    return EtcdWiring(etcd, given.relation, list(given.secrets), given.config)
+def wired(etcd: EtcdCluster, supervisor: FakeSupervisor) -> EtcdWiring:
+    """The leader related to charmed-etcd: its request answered by the real provider code.
+
+    The handshake's own hook is not the test's: what it asked of the supervisor is forgotten.
+    """
+    given = connect(etcd)
+    supervisor.calls.clear()
+    return EtcdWiring(
+        etcd, given.relation, list(given.secrets), given.config, given.model, given.provider
+    )
+
+
+def read_content(secret: testing.Secret) -> AppIdentity:
+    """The application identity held in the leader's secret."""
+    content = secret.latest_content or secret.tracked_content
+    return AppIdentity(
+        ca=ClientIdentity(content["ca-key"], content["ca-cert"]),
+        enrolment=ClientIdentity(content["key"], content["cert"]),
+        previous_ca_cert=content.get("previous-ca-cert", ""),
+    )
 
 
 def record_of(state: testing.State) -> UnitRecord:

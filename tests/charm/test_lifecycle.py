@@ -8,36 +8,61 @@ import json
 import stat
 
 import pytest
-from charm_helpers import UNIT, peer, stored, unit_dir, worker_hook
+from charm_helpers import (
+    UNIT,
+    peer,
+    principal_relation,
+    read_content,
+    record_of,
+    request,
+    stored,
+    unit_dir,
+    worker_hook,
+)
 from ops import testing
-from rollingops_charm.identity import LABEL
+from rollingops_charm.etcd_relation import request_id
+from rollingops_charm.identity import LABEL, AppIdentity
+from test_protocol import changed, finish, update_etcd_queue
+from testbed.charmed_etcd import with_reply
 from testbed.pki import CertificateAuthority
 
-from rollingops.certificates import common_name, generate_client_identity
+from rollingops.certificates import (
+    ENROLMENT_LIFETIME,
+    common_name,
+    generate_client_identity,
+    is_signed_by,
+)
+from rollingops.models import OperationResult, utcnow
 from rollingops.worker_config import WorkerConfig
 
 
-def test_leader_creates_the_client_identity_in_an_app_secret(ctx, supervisor):
+def test_leader_creates_the_client_ca_and_enrolment_in_an_app_secret(ctx, supervisor):
     out = ctx.run(ctx.on.install(), testing.State(leader=True, relations={peer()}))
     (secret,) = [s for s in out.secrets if s.label == LABEL]
     assert secret.owner == "app"
-    content = secret.latest_content or {}
-    assert content["key"].startswith("-----BEGIN PRIVATE KEY-----")
-    assert common_name(content["cert"]).startswith("rollingops-rollingops-")
+    identity = read_content(secret)
+    assert identity.enrolment.key_pem.startswith("-----BEGIN PRIVATE KEY-----")
+    assert common_name(identity.enrolment.cert_pem).startswith("rollingops-rollingops-")
+    assert is_signed_by(identity.enrolment.cert_pem, identity.ca.cert_pem)
     assert out.unit_status == testing.ActiveStatus(
         "peer backend (no etcd): idle (peer, max-concurrent 1)"
     )
 
 
-def test_leader_renews_an_identity_close_to_expiry(ctx, supervisor):
-    old = generate_client_identity(
-        "old", lifetime=dt.timedelta(days=10), now=dt.datetime.now(dt.timezone.utc)
+def test_leader_renews_an_enrolment_close_to_expiry_under_the_same_ca(ctx, supervisor):
+    out = ctx.run(ctx.on.install(), testing.State(leader=True))
+    first = read_content(out.get_secret(label=LABEL))
+    soon = dt.datetime.now(dt.timezone.utc) - (ENROLMENT_LIFETIME - dt.timedelta(days=10))
+    old = generate_client_identity(common_name(first.enrolment.cert_pem), now=soon, ca=first.ca)
+    aged = AppIdentity(first.ca, old)
+    secret = dataclasses.replace(
+        out.get_secret(label=LABEL), tracked_content=aged.content(), latest_content=aged.content()
     )
-    secret = testing.Secret({"key": old.key_pem, "cert": old.cert_pem}, label=LABEL, owner="app")
-    out = ctx.run(ctx.on.update_status(), testing.State(leader=True, secrets={secret}))
-    renewed = out.get_secret(label=LABEL).latest_content or {}
-    assert renewed["cert"] != old.cert_pem
-    assert common_name(renewed["cert"]) != "old"
+    out = ctx.run(ctx.on.update_status(), dataclasses.replace(out, secrets={secret}))
+    renewed = read_content(out.get_secret(label=LABEL))
+    assert renewed.enrolment.cert_pem != old.cert_pem
+    assert renewed.ca == first.ca
+    assert common_name(renewed.enrolment.cert_pem) == common_name(old.cert_pem)
 
 
 def test_non_leader_waits_for_the_identity(ctx, supervisor):
@@ -67,7 +92,7 @@ def test_bad_config_blocks_with_the_reason_and_stops_nothing_else(
     assert out.unit_status.message.startswith(message)
 
 
-def test_etcd_request_carries_prefix_and_certificate(ctx, supervisor):
+def test_etcd_request_carries_request_id_prefix_and_enrolment_certificate(ctx, supervisor):
     etcd = testing.Relation("etcd", remote_app_name="etcd")
     state = testing.State(
         leader=True, relations={peer(), etcd}, config={"cluster-id": "web-restarts"}
@@ -77,9 +102,10 @@ def test_etcd_request_carries_prefix_and_certificate(ctx, supervisor):
     local = out.get_relation(etcd.id).local_app_data
     (sent,) = json.loads(local["requests"])
     assert sent["resource"] == "/rollingops/web-restarts/"
+    assert sent["request-id"] == request_id("rollingops", out.model.uuid, sent["resource"])
     mtls = out.get_secret(id=sent["secret-mtls"]).latest_content or {}
-    identity = out.get_secret(label=LABEL).latest_content or {}
-    assert mtls["mtls-cert"] == identity["cert"]
+    identity = read_content(out.get_secret(label=LABEL))
+    assert mtls["mtls-cert"] == identity.enrolment.cert_pem
     assert "BEGIN PRIVATE KEY" not in json.dumps(dict(local))
 
 
@@ -89,7 +115,8 @@ def test_credentials_and_worker_config_are_private_and_the_worker_starts(
     out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
     directory = unit_dir(tmp_path)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    for name in ("client.key", "client.pem", "etcd-ca.pem", "worker.json"):
+    names = ("client.key", "client.pem", "unit.key", "unit.pem", "etcd-ca.pem", "worker.json")
+    for name in names:
         assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
     config = WorkerConfig.load(directory / "worker.json")
     assert config.unit == UNIT
@@ -100,11 +127,11 @@ def test_credentials_and_worker_config_are_private_and_the_worker_starts(
 
 
 def test_worker_restarts_on_upgrade_and_config_change_only(ctx, supervisor, wired):
-    state = wired.state(peer(), leader=True)
-    ctx.run(ctx.on.update_status(), state)
-    ctx.run(ctx.on.update_status(), state)
-    ctx.run(ctx.on.upgrade_charm(), state)
-    ctx.run(ctx.on.config_changed(), wired.state(peer(), leader=True, config={"lease-ttl": 60}))
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    out = ctx.run(ctx.on.update_status(), out)
+    out = ctx.run(ctx.on.upgrade_charm(), out)
+    longer = dataclasses.replace(out, config={**out.config, "lease-ttl": 60})
+    out = ctx.run(ctx.on.config_changed(), longer)
     assert supervisor.calls == [
         ("ensure_running", True),
         ("ensure_running", False),
@@ -113,44 +140,38 @@ def test_worker_restarts_on_upgrade_and_config_change_only(ctx, supervisor, wire
     ]
 
 
-def test_ca_rotation_and_certificate_renewal_restart_the_worker(ctx, supervisor, wired):
-    ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
-    bundle = wired.cluster.ca_file.read_text() + CertificateAuthority.generate().cert_pem
-    rotated_ca = testing.Secret({"tls-ca": bundle}, id=wired.secrets[2].id)
-    secrets = [wired.secrets[0], wired.secrets[1], rotated_ca]
-    state = testing.State(
-        relations={wired.relation, peer()}, secrets=set(secrets), config=wired.config, leader=True
+def test_a_config_change_waits_for_the_running_operation_before_restarting(ctx, supervisor, wired):
+    out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
+    update_etcd_queue(wired, lambda q: q.claim(5, utcnow()))
+    out = ctx.run(ctx.on.update_status(), out)
+    assert record_of(out).queue.current is not None
+    out = ctx.run(
+        ctx.on.config_changed(), dataclasses.replace(out, config={**out.config, "lease-ttl": 60})
     )
-    ctx.run(ctx.on.update_status(), state)
-    renewed = generate_client_identity("renewed")
-    secrets[0] = testing.Secret(
-        {"key": renewed.key_pem, "cert": renewed.cert_pem},
-        label=LABEL,
-        owner="app",
-        id=secrets[0].id,
-    )
-    ctx.run(
-        ctx.on.update_status(),
-        testing.State(
-            relations={wired.relation, peer()}, secrets=set(secrets), config=wired.config
-        ),
-    )
-    assert supervisor.calls == [("ensure_running", True)] * 3
+    assert supervisor.calls == [("ensure_running", True), ("ensure_running", False)]
+    finish(wired, OperationResult.RELEASE)
+    ctx.run(ctx.on.update_status(), out)
+    assert supervisor.calls[-1] == ("ensure_running", True)
+
+
+def test_server_ca_rotation_by_charmed_etcd_restarts_the_worker(ctx, supervisor, wired, tmp_path):
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    wired.provider.world.extra_server_ca = CertificateAuthority.generate().cert_pem
+    out = with_reply(out, *wired.provider.refresh())
+    tls = next(s for s in out.secrets if "tls-ca" in (s.latest_content or {}))
+    out = ctx.run(ctx.on.secret_changed(tls), out)
+    ca_file = (unit_dir(tmp_path) / "etcd-ca.pem").read_text()
+    assert wired.provider.world.extra_server_ca in ca_file
+    assert supervisor.calls == [("ensure_running", True)] * 2
 
 
 def test_changed_endpoints_rewrite_the_worker_config_and_restart_it(
     ctx, supervisor, wired, tmp_path
 ):
-    ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
-    requests = json.loads(wired.relation.remote_app_data["requests"])
-    requests[0]["endpoints"] = ",".join([*wired.cluster.endpoints, "https://127.0.0.1:1"])
-    moved = dataclasses.replace(
-        wired.relation,
-        remote_app_data={**wired.relation.remote_app_data, "requests": json.dumps(requests)},
-    )
-    state = testing.State(relations={moved, peer()}, secrets=set(wired.secrets),
-                          config=wired.config, leader=True)  # fmt: skip
-    ctx.run(ctx.on.update_status(), state)
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    wired.provider.world.extra_endpoints = ["127.0.0.1:1"]
+    out = with_reply(out, *wired.provider.refresh())
+    ctx.run(ctx.on.relation_changed(out.get_relation(wired.relation.id)), out)
     config = WorkerConfig.load(unit_dir(tmp_path) / "worker.json")
     assert config.etcd.endpoints == [*wired.cluster.endpoints, "127.0.0.1:1"]
     assert supervisor.calls == [("ensure_running", True), ("ensure_running", True)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
@@ -90,6 +91,9 @@ def model(juju: jubilant.Juju, rollingops_charm: Path, principal_charm: Path) ->
     juju.deploy(rollingops_charm, SUB, base=BASE)
     juju.integrate(f"{SUB}:rollingops", f"{PRINCIPAL}:rollingops")
     juju.integrate(f"{SUB}:etcd", f"{ETCD}:etcd-client")
+    # Our client CA for etcd to trust: SUB's units move to leaves of their own; SUB_UBUNTU keeps
+    # the pinned enrolment pair, so both credential modes are exercised.
+    juju.integrate(f"{SUB}:etcd-client-ca", f"{ETCD}:client-cas")
 
     juju.deploy(UBUNTU, UBUNTU, channel=UBUNTU_CHANNEL, base=BASE, num_units=UNITS)
     juju.deploy(rollingops_charm, SUB_UBUNTU, base=BASE)
@@ -226,6 +230,22 @@ def test_run_exclusive_rolls_over_ubuntu_units(model: jubilant.Juju) -> None:
         assert entry["callback"] == "run-exclusive", entry
         windows.append(_exclusive_window(juju, unit, op, int(entry["token"])))
     assert_one_at_a_time(windows)
+
+
+@pytest.mark.parametrize(("app", "credentials"), [(SUB, "own leaf"), (SUB_UBUNTU, "enrolment")])
+def test_units_connect_with_the_expected_credentials(
+    model: jubilant.Juju, app: str, credentials: str
+) -> None:
+    """With client-cas, units move to their own leaf (probed on update-status); else enrolment."""
+    juju = model
+    deadline = time.monotonic() + 10 * 60
+    for unit in sorted(juju.status().get_units(app), key=_unit_number):
+        while True:
+            seen = juju.run(unit, "lock-status").results.get("etcd-credentials")
+            if seen == credentials or time.monotonic() > deadline:
+                break
+            time.sleep(20)
+        assert seen == credentials, (unit, seen)
 
 
 @pytest.mark.parametrize("app", [SUB, SUB_UBUNTU])

@@ -38,7 +38,7 @@ from ops import testing
 from rollingops_charm.charm import DOMAIN, RollingOpsCharm
 from rollingops_charm.unit_record import UnitRecord
 from scenario.state import _Event  # pyright: ignore[reportPrivateUsage]
-from testbed.charmed_etcd import EtcdAnswer, answer
+from testbed.charmed_etcd import ETCD_ID, EtcdAnswer, connect
 from testbed.etcd import EtcdCluster
 from testbed.workers import settings_for
 
@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PRINCIPAL_DIR = ROOT / "tests" / "integration" / "charms" / "principal"
 SUB_APP, PRINCIPAL_APP = "rollingops", "principal"
-PEER_ID, ETCD_ID, CONTAINER_BASE = 1, 2, 100
+PEER_ID, CONTAINER_BASE = 1, 100
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -140,6 +140,8 @@ class Cluster:
     """Most subordinates ever running an operation at once, checked after every hook."""
     _server: _HookRequests | None = None
     _answer: EtcdAnswer | None = None
+    model: testing.Model = field(default_factory=testing.Model)
+    """One model for every unit: the etcd user's name depends on its uuid."""
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -159,7 +161,9 @@ class Cluster:
         )
         self._server = _HookRequests(socket_path, self)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self._answer = answer(self.etcd, ETCD_ID) if self.etcd is not None else None
+        self._answer = (
+            connect(self.etcd, app=SUB_APP, model=self.model) if self.etcd is not None else None
+        )
         self._principal_class = _principal_class()
 
     @property
@@ -241,7 +245,9 @@ class Cluster:
             secrets |= set(self._answer.secrets)
             config |= self._answer.config
         leader = not any(u.app == SUB_APP for u in self.units.values())
-        return testing.State(relations=relations, secrets=secrets, config=config, leader=leader)
+        return testing.State(
+            relations=relations, secrets=secrets, config=config, leader=leader, model=self.model
+        )
 
     def _principal_state(self, machine: int) -> testing.State:
         relation = testing.Relation(
@@ -250,7 +256,7 @@ class Cluster:
             remote_app_name=SUB_APP,
             remote_units_data={machine: {}},
         )
-        return testing.State(relations={relation}, leader=machine == 0)
+        return testing.State(relations={relation}, leader=machine == 0, model=self.model)
 
     def _join_peers(self, sub: str) -> None:
         newcomer = self.units[sub]

