@@ -23,7 +23,7 @@ from charmlibs.interfaces.certificate_transfer import CertificateTransferProvide
 from rollingops.backend_choice import Backend, Health, choose
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient, EtcdError, EtcdSettings
-from rollingops.files import private_dir, write_private
+from rollingops.files import write_private
 from rollingops.models import UnitQueue, utcnow
 from rollingops.peer_scheduler import Schedule, schedule
 from rollingops.store import OperationStore
@@ -33,13 +33,14 @@ from rollingops.worker_config import WorkerConfig
 from . import actions, exclusive, peer_backend
 from .config import CharmConfig, InvalidConfigError, etcd_prefix
 from .credentials import (
-    ClientFiles,
-    ca_id,
-    enrolment_files,
-    ensure_unit_leaf,
-    forget_enrolment,
-    unit_files,
-    write_enrolment,
+    Credential,
+    activate,
+    choose_credential,
+    enrolment,
+    forget_probe,
+    own_leaf,
+    read_active,
+    write_probe,
 )
 from .etcd_relation import EtcdConnection, EtcdRequirer
 from .identity import AppIdentity, client_cn, ensure_identity, read_identity
@@ -87,6 +88,7 @@ class RollingOpsCharm(ops.CharmBase):
         super().__init__(framework)
         self.config_error = ""
         self._settings_memo: tuple[AppIdentity | None, EtcdSettings | None] | None = None
+        self._credential_memo: tuple[Credential | None] | None = None
         self.settings: CharmConfig | None = None
         try:
             self.settings = CharmConfig.parse(self.config)
@@ -105,7 +107,7 @@ class RollingOpsCharm(ops.CharmBase):
         self.etcd = EtcdRequirer(self.model, ETCD)
         self.client_ca = CertificateTransferProvides(self, CLIENT_CA)
         self.principal = PrincipalLink(self.model, PRINCIPAL)
-        self._stored.set_default(record="", own_leaf_ca="", worker_digest="")
+        self._stored.set_default(record="", active_prefix="", worker_digest="")
         self._observe()
 
     def _observe(self) -> None:
@@ -158,17 +160,19 @@ class RollingOpsCharm(ops.CharmBase):
         event.remove_revision()
 
     def _on_upgrade(self, _: ops.EventBase) -> None:
-        self._reconcile(restart=True)
+        """New code: restart the worker, but only once this unit runs no operation."""
+        self._stored.worker_digest = ""
+        self._reconcile(probe=True)
 
     def _on_etcd_broken(self, _: ops.EventBase) -> None:
         self._supervisor().remove()
-        self._stored.own_leaf_ca = ""  # another etcd may come: probe the own leaf again
         self._stored.worker_digest = ""
         self._sync()
 
     def _on_stop(self, _: ops.EventBase) -> None:
         self._supervisor().remove()
         shutil.rmtree(self.paths.root, ignore_errors=True)
+        self._credential_memo = (None,)  # nothing may write the unit's files again
 
     def _on_lock_granted(self, _: ops.EventBase) -> None:
         self._sync(on_grant=True)
@@ -181,7 +185,7 @@ class RollingOpsCharm(ops.CharmBase):
         relation = self.model.get_relation(PEER)
         if relation is not None:
             peer_backend.flag_etcd_failure(relation, self.unit, failed=True)
-        self._reconcile()
+        self._reconcile(probe=True)  # a renewed pair etcd now wants may be what was missing
 
     def _reconcile(self, restart: bool = False, probe: bool = False) -> None:
         """Bring identity, relation requests, credentials and worker in line; then sync."""
@@ -189,8 +193,8 @@ class RollingOpsCharm(ops.CharmBase):
             self.identity = ensure_identity(self.model, self.client_cn)
             self.etcd.publish(self.prefix, self.identity.enrolment.cert_pem)
             self._publish_client_cas(self.identity)
-        if probe:
-            self._try_own_leaf()
+        self._credential_memo = (self._active_credential(probe),)
+        self._settings_memo = None
         self._sync(probe=probe)
         settings = self.etcd_settings()
         if settings is None or self.backend() is not Backend.ETCD:
@@ -244,23 +248,72 @@ class RollingOpsCharm(ops.CharmBase):
         """The unit's own directory and files."""
         return UnitPaths.for_unit(self.unit.name)
 
+    def credential(self) -> Credential | None:
+        """The pair this unit connects with (see ``credentials``); chosen once per hook."""
+        if self._credential_memo is None:
+            self._credential_memo = (self._active_credential(probe=False),)
+        return self._credential_memo[0]
+
+    def _candidates(self) -> list[Credential]:
+        """Better pairs than the active one could be, best first."""
+        identity, cn, prefix = self.identity, self.client_cn, self.prefix
+        if identity is None or cn is None or prefix is None:
+            return []
+        found: list[Credential] = []
+        if self.model.get_relation(CLIENT_CA) is not None:
+            found.append(own_leaf(self.paths, identity, cn, prefix))
+        found.append(enrolment(identity, prefix))
+        return found
+
+    def _active_credential(self, probe: bool) -> Credential | None:
+        paths = self.paths
+        candidates = self._candidates()
+        own = next((c.cert_pem for c in candidates if c.kind == "own leaf"), "")
+        active = read_active(paths, self._stored.active_prefix or self.prefix or "", own)
+        chosen = choose_credential(active, candidates, self._accepted if probe else None)
+        if chosen is not None and chosen != active:
+            activate(paths, chosen)
+            self._stored.active_prefix = chosen.prefix
+            logger.info("etcd credentials: now %s (was %s)", chosen, active)
+        return chosen
+
+    def _accepted(self, candidate: Credential) -> bool:
+        """Whether etcd accepts ``candidate`` now: one bounded call (1 s) with it."""
+        connection = self.etcd.connection(candidate.prefix, candidate.user)
+        if connection is None:
+            return False
+        write_private(self.paths.etcd_ca, connection.ca_pem)
+        key_file, cert_file = write_probe(self.paths, candidate)
+        probe = self._settings_for(connection, candidate.prefix, key_file, cert_file, 1.0)
+        try:
+            with EtcdClient(probe) as client:
+                client.get(client.prefix)
+        except (EtcdError, ValueError) as error:
+            logger.info("etcd does not accept %s yet: %s", candidate, error)
+            return False
+        finally:
+            forget_probe(self.paths)
+        return True
+
     def _connection(self) -> EtcdConnection | None:
-        if self.prefix is None or self.client_cn is None or self.identity is None:
+        credential = self.credential()
+        if credential is None:
             return None
-        return self.etcd.connection(self.prefix, self.client_cn)
+        return self.etcd.connection(credential.prefix, credential.user)
 
     def etcd_waiting_for(self) -> str:
         """Why this unit cannot use etcd yet ("" when it can): said in status, never silent."""
         if self.etcd.relation is None:
             return "integrate with charmed-etcd"
-        if self.identity is None or self.client_cn is None:
+        credential = self.credential()
+        if credential is None:
             return "waiting for the client certificate from the leader"
         if self._connection() is None:
-            return f"waiting for charmed-etcd to grant {self.client_cn} on {self.prefix}"
+            return f"waiting for charmed-etcd to grant {credential.user} on {credential.prefix}"
         return ""
 
     def etcd_settings(self) -> EtcdSettings | None:
-        """Client settings once etcd answered; writes the credentials (0600) on the way.
+        """Client settings once etcd answered; writes the etcd CA (0600) on the way.
 
         Computed once per hook (one charm instance lives for one hook): relation data and
         secrets are hook-tool calls on a real unit. A new identity (leader renewal) recomputes.
@@ -270,76 +323,32 @@ class RollingOpsCharm(ops.CharmBase):
         return self._settings_memo[1]
 
     def _build_etcd_settings(self) -> EtcdSettings | None:
-        connection = self._connection()
-        if connection is None or self.identity is None or self.prefix is None:
+        credential, connection = self.credential(), self._connection()
+        if credential is None or connection is None:
             return None
-        files = self._client_files(self.identity)
         write_private(self.paths.etcd_ca, connection.ca_pem)
-        return self._settings_with(connection, files, HOOK_ETCD_BOUND)
+        paths = self.paths
+        return self._settings_for(
+            connection, credential.prefix, paths.client_key, paths.client_cert, HOOK_ETCD_BOUND
+        )
 
-    def _settings_with(
-        self, connection: EtcdConnection, files: ClientFiles, bound: float
+    def _settings_for(
+        self, connection: EtcdConnection, prefix: str, key: Path, cert: Path, bound: float
     ) -> EtcdSettings:
-        assert self.prefix is not None  # noqa: S101 - a connection exists only with a prefix
         return EtcdSettings(
             total_timeout=bound,
             call_timeout=min(bound, EtcdSettings.model_fields["call_timeout"].default),
             endpoints=connection.endpoints,
             ca_file=self.paths.etcd_ca,
-            cert_file=files.cert_file,
-            key_file=files.key_file,
-            prefix=self.prefix,
+            cert_file=cert,
+            key_file=key,
+            prefix=prefix,
         )
 
-    def _client_files(self, identity: AppIdentity) -> ClientFiles:
-        """The pair this unit connects with (see ``credentials``), written 0600."""
-        assert self.client_cn is not None  # noqa: S101 - an identity exists only with a CN
-        paths = self.paths
-        private_dir(paths.root)
-        ensure_unit_leaf(paths, identity, self.client_cn, busy=self._busy())
-        if self.model.get_relation(CLIENT_CA) is None:
-            self._stored.own_leaf_ca = ""
-        if self._stored.own_leaf_ca == ca_id(identity):
-            forget_enrolment(paths)
-            return unit_files(paths)
-        write_enrolment(paths, identity)
-        return enrolment_files(paths)
-
     def credential_mode(self) -> str:
-        """Which certificate this unit connects with, for lock-status."""
-        settings = self.etcd_settings()
-        if settings is None:
-            return "none"
-        return "own leaf" if settings.cert_file == self.paths.unit_cert else "enrolment"
-
-    def _try_own_leaf(self) -> None:
-        """Move to this unit's own leaf once etcd accepts it (our CA trusted via client-cas).
-
-        Probed (1 s at most) only on etcd and client-cas relation events and update-status,
-        until it succeeds once for the current CA.
-        """
-        identity, connection = self.identity, self._connection()
-        if (
-            identity is None
-            or connection is None
-            or self.model.get_relation(CLIENT_CA) is None
-            or self._stored.own_leaf_ca == ca_id(identity)
-        ):
-            return
-        assert self.client_cn is not None  # noqa: S101 - a connection exists only with a CN
-        private_dir(self.paths.root)
-        ensure_unit_leaf(self.paths, identity, self.client_cn, busy=self._busy())
-        write_private(self.paths.etcd_ca, connection.ca_pem)
-        probe = self._settings_with(connection, unit_files(self.paths), 1.0)
-        try:
-            with EtcdClient(probe) as client:
-                client.get(client.prefix)
-        except EtcdError as error:
-            logger.info("own leaf not accepted by etcd yet (client-cas pending?): %s", error)
-            return
-        logger.info("etcd accepts this unit's own leaf: enrolment key no longer used here")
-        self._stored.own_leaf_ca = ca_id(identity)
-        self._settings_memo = None
+        """Which pair this unit connects with, for lock-status."""
+        credential = self.credential()
+        return credential.kind if credential else "none"
 
     def _write_worker_config(self, settings: EtcdSettings) -> bool:
         assert self.settings is not None  # noqa: S101 - settings exist when etcd settings do
@@ -532,8 +541,7 @@ class RollingOpsCharm(ops.CharmBase):
     def domain(self, client: EtcdClient) -> DomainControl:
         """Pause state, holders and queue of this unit's lock domain."""
         capacity = self.settings.max_concurrent if self.settings else 1
-        assert self.prefix is not None  # noqa: S101 - a client exists only with a prefix
-        return DomainControl(client, self.prefix, DOMAIN, capacity)
+        return DomainControl(client, client.prefix, DOMAIN, capacity)
 
     # -- status and actions ------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 
 import ops
@@ -41,14 +42,25 @@ class EtcdConnection:
     ca_pem: str
 
 
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?)$")
+MAX_ENDPOINTS = 64
+
+
 def parse_endpoints(raw: str) -> list[str]:
-    """``host:port`` items from charmed-etcd's comma-separated list (schemes dropped)."""
+    """``host:port`` items from charmed-etcd's comma-separated list (schemes dropped).
+
+    Anything that is not a plain host name, IPv4 or bracketed IPv6 address with a port in
+    1..65535 is refused: the list comes from another application.
+    """
+    items = raw.split(",")
+    if len(items) > MAX_ENDPOINTS:
+        raise ValueError(f"{len(items)} etcd endpoints: more than {MAX_ENDPOINTS}")
     endpoints: list[str] = []
-    for item in raw.split(","):
+    for item in items:
         endpoint = item.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
         host, _, port = endpoint.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"etcd endpoint {item!r} is not host:port")
+        if not _HOST.match(host) or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"etcd endpoint {item[:80]!r} is not host:port")
         endpoints.append(endpoint)
     return endpoints
 
@@ -77,49 +89,55 @@ class EtcdRequirer:
         return self._model.get_relation(self._relation_name)
 
     def publish(self, prefix: str, mtls_cert: str) -> bool:
-        """Leader: make our one request ask for ``prefix`` with ``mtls_cert``; True if written."""
+        """Leader: make our request for ``prefix`` carry ``mtls_cert``; True if written.
+
+        Requests for other prefixes (an earlier cluster-id, an earlier version of this charm)
+        stay as they are: units may still connect with their users until a newer pair is
+        proven (``credentials``), and going back to a cluster-id finds its request intact.
+        """
         relation = self.relation
         if relation is None or not self._model.unit.is_leader():
             return False
         rid = request_id(self._model.app.name, self._model.uuid, prefix)
-        current = self._published(relation, rid)
+        requests = self._published(relation)
+        current = next((r for r in requests if r.request_id == rid), None)
         if current is not None and (current.resource, current.mtls_cert) == (prefix, mtls_cert):
             return False
         # An update keeps the request's own secret (``secret-mtls``): the library puts the new
         # certificate in it, and charmed-etcd sees a secret-changed for the same request.
-        wanted = current or RequirerCommonModel(resource=prefix, request_id=rid, salt=rid)
-        wanted.mtls_cert = mtls_cert
+        if current is None:
+            current = RequirerCommonModel(resource=prefix, request_id=rid, salt=rid)
+            requests.append(current)
+        current.mtls_cert = mtls_cert
         self._ours.write_model(
             relation.id,
-            RequirerDataContractV1[RequirerCommonModel](version="v1", requests=[wanted]),
+            RequirerDataContractV1[RequirerCommonModel](version="v1", requests=requests),
         )
         return True
 
-    def _published(self, relation: ops.Relation, rid: str) -> RequirerCommonModel | None:
-        """Our request ``rid`` as it stands in our databag, if it is there."""
+    def _published(self, relation: ops.Relation) -> list[RequirerCommonModel]:
+        """Our requests as they stand in our databag."""
         try:
             local = self._ours.build_model(relation.id, component=self._model.app)
         except (ValidationError, ValueError, ops.ModelError) as error:
-            logger.warning("our etcd request is unreadable, rewriting it: %s", error)
-            return None
-        return next((r for r in local.requests if r.request_id == rid), None)
+            logger.warning("our etcd requests are unreadable, rewriting them: %s", error)
+            return []
+        return list(local.requests)
 
     def connection(self, prefix: str, user: str) -> EtcdConnection | None:
-        """Endpoints and CA once charmed-etcd answered our request for ``prefix`` as ``user``.
+        """Endpoints and CA once charmed-etcd granted ``user`` access to ``prefix``.
 
-        A reply for an older prefix or user (a cluster-id change still being served) is not an
-        answer yet: using it would connect to a prefix our user may no longer reach.
+        Any reply naming both counts, whatever its request-id: a unit still connected with the
+        pair of an earlier request (an upgrade, a cluster-id change in progress) keeps working.
         """
         relation = self.relation
         if relation is None or relation.app is None:
             return None
-        rid = request_id(self._model.app.name, self._model.uuid, prefix)
         try:
             replies = self._theirs.build_model(relation.id, component=relation.app).requests
             for reply in replies:
                 if (
-                    reply.request_id == rid
-                    and reply.resource == prefix
+                    reply.resource == prefix
                     and reply.username == user
                     and reply.endpoints
                     and reply.tls_ca

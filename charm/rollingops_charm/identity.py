@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 from dataclasses import dataclass
 
 import ops
@@ -24,8 +25,11 @@ from rollingops.certificates import (
     generate_client_ca,
     generate_client_identity,
     is_signed_by,
+    matches_key,
     needs_renewal,
 )
+
+logger = logging.getLogger(__name__)
 
 LABEL = "rollingops-client-identity"
 CN_LIMIT = 64
@@ -77,13 +81,26 @@ def read_identity(model: ops.Model) -> AppIdentity | None:
     except (ops.SecretNotFoundError, ops.ModelError):
         return None
     try:
-        return AppIdentity(
+        identity = AppIdentity(
             ca=ClientIdentity(content["ca-key"], content["ca-cert"]),
             enrolment=ClientIdentity(content["key"], content["cert"]),
             previous_ca_cert=content.get("previous-ca-cert", ""),
         )
     except KeyError:
         return None  # an identity from before the client CA: the leader replaces it
+    if not _well_formed(identity):
+        logger.warning("the client identity secret is not usable: the leader replaces it")
+        return None
+    return identity
+
+
+def _well_formed(identity: AppIdentity) -> bool:
+    """Keys match their certificates and the CA signed the enrolment leaf."""
+    return (
+        matches_key(identity.ca.cert_pem, identity.ca.key_pem)
+        and matches_key(identity.enrolment.cert_pem, identity.enrolment.key_pem)
+        and is_signed_by(identity.enrolment.cert_pem, identity.ca.cert_pem)
+    )
 
 
 def renewed_identity(

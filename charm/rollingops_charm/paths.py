@@ -18,12 +18,15 @@ class UnitPaths:
     root: Path
     worker_config: Path
     client_cert: Path
-    """The enrolment certificate (shared by the application; see ``credentials``)."""
+    """The pair this unit connects with now (see ``credentials``)."""
     client_key: Path
     unit_cert: Path
     """This unit's own leaf, signed by the application's client CA."""
     unit_key: Path
     """This unit's own key: generated here, never sent anywhere."""
+    probe_cert: Path
+    probe_key: Path
+    """A candidate pair while it is being tried against etcd."""
     etcd_ca: Path
     worker_log: Path
 
@@ -38,6 +41,8 @@ class UnitPaths:
             client_key=root / "client.key",
             unit_cert=root / "unit.pem",
             unit_key=root / "unit.key",
+            probe_cert=root / "probe.pem",
+            probe_key=root / "probe.key",
             etcd_ca=root / "etcd-ca.pem",
             worker_log=root / "worker.log",
         )

@@ -68,6 +68,15 @@ def _load_key(key_pem: str) -> ec.EllipticCurvePrivateKey:
     return key
 
 
+def is_usable_key(key_pem: str) -> bool:
+    """Whether ``key_pem`` is an EC private key we can use (a garbled file is not)."""
+    try:
+        _load_key(key_pem)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
@@ -176,9 +185,9 @@ def needs_renewal(cert_pem: str, margin: dt.timedelta, now: dt.datetime | None =
 
 def is_signed_by(cert_pem: str, ca_cert_pem: str) -> bool:
     """Whether ``ca_cert_pem`` issued ``cert_pem`` (signature checked, not just the names)."""
-    cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    ca = x509.load_pem_x509_certificate(ca_cert_pem.encode())
     try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        ca = x509.load_pem_x509_certificate(ca_cert_pem.encode())
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
         return False
@@ -186,9 +195,12 @@ def is_signed_by(cert_pem: str, ca_cert_pem: str) -> bool:
 
 
 def matches_key(cert_pem: str, key_pem: str) -> bool:
-    """Whether the certificate is for this private key."""
-    cert_key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
-    return cert_key == _load_key(key_pem).public_key()
+    """Whether the certificate is for this private key (False if either does not parse)."""
+    try:
+        cert_key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
+        return cert_key == _load_key(key_pem).public_key()
+    except (ValueError, TypeError):
+        return False
 
 
 def fingerprint(cert_pem: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,8 +22,11 @@ def write_private(path: Path, content: str) -> bool:
     readable by anyone else, not even for a moment, and a reader never sees half a file.
     """
     private_dir(path.parent)
-    if path.exists() and path.read_text() == content:
+    if _holds(path, content):
+        path.chmod(0o600)  # content right, mode perhaps not: repair it
         return False
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)  # something is in the way of a file we own: it goes
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as out:
@@ -33,3 +37,23 @@ def write_private(path: Path, content: str) -> bool:
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+
+def _holds(path: Path, content: str) -> bool:
+    """Whether ``path`` is a regular file (not a link) with exactly ``content``."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return path.read_text() == content
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def read_private(path: Path) -> str:
+    """The text of a file we wrote, or "" if it is missing or unreadable (then rewritten)."""
+    if path.is_symlink() or not path.is_file():
+        return ""
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""

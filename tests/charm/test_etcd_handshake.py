@@ -12,8 +12,10 @@ import datetime as dt
 import json
 
 from charm_helpers import peer, read_content, unit_dir
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from ops import testing
-from rollingops_charm.credentials import URGENT_MARGIN
 from rollingops_charm.etcd_relation import request_id
 from rollingops_charm.identity import LABEL, AppIdentity, client_cn
 from testbed.charmed_etcd import (
@@ -27,7 +29,9 @@ from testbed.charmed_etcd import (
 from testbed.etcd import EtcdCluster
 
 from rollingops.certificates import (
+    CA_LIFETIME,
     UNIT_LEAF_LIFETIME,
+    ClientIdentity,
     common_name,
     expires_at,
     generate_client_identity,
@@ -77,10 +81,8 @@ def test_non_leader_at_relation_created_publishes_once_leader_and_is_answered(
     assert supervisor.calls[-1] == ("ensure_running", True)
 
 
-def test_cluster_id_change_while_related_gets_a_new_user_and_prefix(
-    ctx, supervisor, etcd: EtcdCluster, tmp_path
-):
-    given = connect(etcd)
+def connected(ctx, given) -> testing.State:
+    """A leader connected through ``given`` (from ``connect``), after one update-status."""
     state = testing.State(
         leader=True,
         relations={peer(), given.relation},
@@ -88,38 +90,53 @@ def test_cluster_id_change_while_related_gets_a_new_user_and_prefix(
         config=given.config,
         model=given.model,
     )
-    out = ctx.run(ctx.on.update_status(), state)
-    old_cn = client_cn("rollingops", given.model.uuid, cluster_id(etcd))
-    out = ctx.run(
-        ctx.on.config_changed(), dataclasses.replace(out, config={"cluster-id": "moved"})
+    return ctx.run(ctx.on.update_status(), state)
+
+
+def reconfigure(ctx, out: testing.State, cluster: str) -> testing.State:
+    return ctx.run(
+        ctx.on.config_changed(), dataclasses.replace(out, config={"cluster-id": cluster})
     )
-    new_cn = client_cn("rollingops", given.model.uuid, "moved")
-    assert "waiting for charmed-etcd to grant" in out.unit_status.message
-    assert f"{new_cn} on /rollingops/moved/" in out.unit_status.message
+
+
+def test_cluster_id_change_moves_to_a_new_user_once_charmed_etcd_granted_it(
+    ctx, supervisor, etcd: EtcdCluster, tmp_path
+):
+    given = connect(etcd)
+    out = connected(ctx, given)
+    old_cn = client_cn("rollingops", given.model.uuid, cluster_id(etcd))
+    out = reconfigure(ctx, out, "moved")
+    # Until charmed-etcd answers, the unit keeps serving the old domain with the old pair.
+    assert worker_settings(tmp_path).prefix == etcd.prefix
+    assert out.unit_status == testing.ActiveStatus("idle (etcd, max-concurrent 1)")
     out = relay(out, given.provider)
+    new_cn = client_cn("rollingops", given.model.uuid, "moved")
     assert given.provider.world.refused == []
     assert etcd.has_user(new_cn)
     assert etcd.has_user(old_cn)  # charmed-etcd keeps it until the relation is removed
     out = ctx.run(ctx.on.relation_changed(out.get_relation(ETCD_ID)), out)
     settings = worker_settings(tmp_path)
     assert settings.prefix == "/rollingops/moved/"
+    assert common_name(settings.cert_file.read_text()) == new_cn
     assert round_trip(settings, "probe", b"moved") == b"moved"
 
 
-def test_a_reply_for_another_request_or_an_unreadable_reply_never_errors_a_hook(
-    ctx, supervisor, wired
+def test_cluster_id_back_and_forth_never_breaks_the_unit_or_charmed_etcd(
+    ctx, supervisor, etcd: EtcdCluster, tmp_path
 ):
-    replies = json.loads(wired.relation.remote_app_data["requests"])
-    foreign = {**replies[0], "request-id": "0123456789abcdef", "resource": "/elsewhere/"}
-    for data in (
-        {**wired.relation.remote_app_data, "requests": json.dumps([foreign])},
-        {**wired.relation.remote_app_data, "requests": "{not json"},
-        {"version": "v1", "requests": json.dumps([{"request-id": 5, "endpoints": ["x"]}])},
-    ):
-        relation = dataclasses.replace(wired.relation, remote_app_data=data)
-        state = dataclasses.replace(wired.state(peer(), leader=True), relations={relation, peer()})
-        out = ctx.run(ctx.on.relation_changed(relation), state)
-        assert "waiting for charmed-etcd to grant" in out.unit_status.message
+    given = connect(etcd)
+    out = connected(ctx, given)
+    for cluster in ("moved", cluster_id(etcd), "moved"):
+        out = reconfigure(ctx, out, cluster)
+        out = relay(out, given.provider)  # a provider hook that fails raises here
+        out = ctx.run(ctx.on.relation_changed(out.get_relation(ETCD_ID)), out)
+        settings = worker_settings(tmp_path)
+        assert settings.prefix == f"/rollingops/{cluster}/"
+        assert round_trip(settings, "k", cluster.encode()) == cluster.encode()
+    (mine,) = [r for r in out.relations if r.id == ETCD_ID]
+    requests = json.loads(mine.local_app_data["requests"])
+    assert all(r["secret-mtls"] for r in requests)
+    assert given.provider.world.refused == []
 
 
 def test_remove_and_re_add_the_relation(ctx, supervisor, wired, tmp_path):
@@ -184,7 +201,9 @@ def test_two_applications_on_one_cluster_id_share_the_prefix(
 
 def with_client_ca(ctx, wired) -> testing.State:
     """The leader related to charmed-etcd and to its client-cas, the CA accepted by etcd."""
-    client_ca = testing.Relation(CLIENT_CA, remote_app_name="etcd")
+    client_ca = testing.Relation(
+        CLIENT_CA, remote_app_name="etcd", remote_app_data=wired.provider.client_cas_created()
+    )
     out = ctx.run(ctx.on.update_status(), wired.state(peer(), client_ca, leader=True))
     wired.provider.client_cas_changed(certificates_bag(out))
     return ctx.run(ctx.on.relation_changed(out.get_relation(client_ca.id)), out)
@@ -198,10 +217,12 @@ def test_client_cas_moves_the_unit_to_its_own_leaf_once_etcd_trusts_it(
     identity = read_content(out.get_secret(label=LABEL))
     assert wired.provider.world.client_cas == {identity.ca.cert_pem}
     assert wired.provider.world.restarts == restarts + 1
+    directory = unit_dir(tmp_path)
     settings = worker_settings(tmp_path)
-    assert settings.cert_file == unit_dir(tmp_path) / "unit.pem"
-    assert not (unit_dir(tmp_path) / "client.key").exists()
+    assert settings.cert_file.read_text() == (directory / "unit.pem").read_text()
     assert is_signed_by(settings.cert_file.read_text(), identity.ca.cert_pem)
+    on_disk = "".join(f.read_text() for f in directory.iterdir() if f.is_file())
+    assert identity.enrolment.key_pem not in on_disk  # the shared key is gone from this unit
     assert round_trip(settings, "own-leaf", b"1") == b"1"
     ctx.run(ctx.on.action("lock-status"), out)
     assert (ctx.action_results or {})["etcd-credentials"] == "own leaf"
@@ -217,37 +238,94 @@ def test_own_leaf_renewal_needs_nothing_from_charmed_etcd(ctx, supervisor, wired
         common_name(leaf.read_text()),
         (unit_dir(tmp_path) / "unit.key").read_text(),
         UNIT_LEAF_LIFETIME,
-        now=dt.datetime.now(dt.timezone.utc) - UNIT_LEAF_LIFETIME + URGENT_MARGIN * 4,
+        now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=5),
     )
     leaf.write_text(old)
+    (unit_dir(tmp_path) / "client.pem").write_text(old)
     out = ctx.run(ctx.on.update_status(), out)
-    assert leaf.read_text() != old
+    out = relay(out, wired.provider)  # whatever the hook published reaches charmed-etcd
     assert expires_at(leaf.read_text()) > expires_at(old)
+    assert worker_settings(tmp_path).cert_file.read_text() == leaf.read_text()
     assert wired.provider.world.restarts == restarts
     assert supervisor.calls[calls:] == [("ensure_running", True)]
     assert round_trip(worker_settings(tmp_path), "renewed", b"1") == b"1"
 
 
-def test_enrolment_renewal_without_client_cas_restarts_etcd_once(ctx, supervisor, wired, tmp_path):
-    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
-    restarts = wired.provider.world.restarts
+def renew_enrolment_soon(out: testing.State) -> testing.State:
+    """The leader's secret as it is 360 days after issuing the enrolment leaf."""
     identity = read_content(out.get_secret(label=LABEL))
     soon = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=360)
-    aged = AppIdentity(
-        identity.ca,
-        generate_client_identity(
-            common_name(identity.enrolment.cert_pem), now=soon, ca=identity.ca
-        ),
-    )
+    cn = common_name(identity.enrolment.cert_pem)
+    aged = AppIdentity(identity.ca, generate_client_identity(cn, now=soon, ca=identity.ca))
     secret = dataclasses.replace(
         out.get_secret(label=LABEL), tracked_content=aged.content(), latest_content=aged.content()
     )
     others = {s for s in out.secrets if s.label != LABEL}
-    out = ctx.run(ctx.on.update_status(), dataclasses.replace(out, secrets=others | {secret}))
+    return dataclasses.replace(out, secrets=others | {secret})
+
+
+def test_enrolment_renewal_keeps_the_working_pair_until_etcd_accepts_the_new_one(
+    ctx, supervisor, wired, tmp_path
+):
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    before = worker_settings(tmp_path).cert_file.read_text()
+    restarts = wired.provider.world.restarts
+    out = ctx.run(ctx.on.update_status(), renew_enrolment_soon(out))
+    renewed = read_content(out.get_secret(label=LABEL)).enrolment.cert_pem
+    assert renewed != before
+    # Not pinned yet: the probe fails, the unit keeps its working pair.
+    assert worker_settings(tmp_path).cert_file.read_text() == before
+    assert round_trip(worker_settings(tmp_path), "still", b"1") == b"1"
     out = relay(out, wired.provider)
     assert wired.provider.world.restarts == restarts + 1
     out = ctx.run(ctx.on.update_status(), out)
+    assert worker_settings(tmp_path).cert_file.read_text() == renewed
     assert round_trip(worker_settings(tmp_path), "enrolled", b"1") == b"1"
+
+
+def aged(ca: ClientIdentity, years: float) -> ClientIdentity:
+    """The same CA (key and name) as its certificate would look ``years`` after issue."""
+    key = serialization.load_pem_private_key(ca.key_pem.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
+    issued = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=365 * years)
+    builder = x509.CertificateBuilder(
+        issuer_name=cert.issuer,
+        subject_name=cert.subject,
+        public_key=key.public_key(),
+        serial_number=x509.random_serial_number(),
+        not_valid_before=issued,
+        not_valid_after=issued + CA_LIFETIME,
+        extensions=list(cert.extensions),
+    )
+    pem = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    return ClientIdentity(ca.key_pem, pem.decode())
+
+
+def test_a_new_client_ca_keeps_the_own_leaf_until_etcd_trusts_the_new_ca(
+    ctx, supervisor, wired, tmp_path
+):
+    out = with_client_ca(ctx, wired)
+    working = worker_settings(tmp_path).cert_file.read_text()
+    identity = read_content(out.get_secret(label=LABEL))
+    old = AppIdentity(aged(identity.ca, 4.5), identity.enrolment)
+    secret = dataclasses.replace(
+        out.get_secret(label=LABEL), tracked_content=old.content(), latest_content=old.content()
+    )
+    others = {s for s in out.secrets if s.label != LABEL}
+    out = ctx.run(ctx.on.update_status(), dataclasses.replace(out, secrets=others | {secret}))
+    fresh = read_content(out.get_secret(label=LABEL))
+    assert fresh.ca.cert_pem != identity.ca.cert_pem
+    assert fresh.previous_ca_cert == old.ca.cert_pem
+    # etcd does not trust the new CA yet: the unit keeps its leaf of the old one.
+    assert worker_settings(tmp_path).cert_file.read_text() == working
+    assert round_trip(worker_settings(tmp_path), "old-ca", b"1") == b"1"
+    wired.provider.client_cas_changed(certificates_bag(out))
+    assert wired.provider.world.client_cas == fresh.trusted_cas
+    out = ctx.run(ctx.on.update_status(), out)
+    now_used = worker_settings(tmp_path).cert_file.read_text()
+    assert is_signed_by(now_used, fresh.ca.cert_pem)
+    assert round_trip(worker_settings(tmp_path), "new-ca", b"1") == b"1"
 
 
 def test_old_revisions_of_the_identity_are_removed_once_nobody_tracks_them(ctx, supervisor):
@@ -259,3 +337,16 @@ def test_old_revisions_of_the_identity_are_removed_once_nobody_tracks_them(ctx, 
     secret = out.get_secret(label=LABEL)
     ctx.run(ctx.on.secret_remove(secret, revision=2), out)
     assert ctx.removed_secret_revisions == [2]
+
+
+def test_a_garbled_own_key_is_replaced_and_the_working_pair_kept(ctx, supervisor, wired, tmp_path):
+    out = with_client_ca(ctx, wired)
+    working = worker_settings(tmp_path).cert_file.read_text()
+    (unit_dir(tmp_path) / "unit.key").write_text("-----BEGIN PRIVATE KEY-----\nnope\n")
+    out = ctx.run(ctx.on.update_status(), out)
+    assert out.unit_status == testing.ActiveStatus("idle (etcd, max-concurrent 1)")
+    fresh = (unit_dir(tmp_path) / "unit.pem").read_text()
+    # The new own leaf is trusted through the CA: the unit moves to it after the probe.
+    assert fresh != working
+    assert worker_settings(tmp_path).cert_file.read_text() == fresh
+    assert round_trip(worker_settings(tmp_path), "new-key", b"1") == b"1"

@@ -32,6 +32,7 @@ from rollingops.certificates import (
     generate_client_identity,
     is_signed_by,
 )
+from rollingops.etcd_client import EtcdClient
 from rollingops.models import OperationResult, utcnow
 from rollingops.worker_config import WorkerConfig
 
@@ -115,7 +116,7 @@ def test_credentials_and_worker_config_are_private_and_the_worker_starts(
     out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
     directory = unit_dir(tmp_path)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    names = ("client.key", "client.pem", "unit.key", "unit.pem", "etcd-ca.pem", "worker.json")
+    names = ("client.key", "client.pem", "etcd-ca.pem", "worker.json")
     for name in names:
         assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
     config = WorkerConfig.load(directory / "worker.json")
@@ -221,3 +222,54 @@ def test_fallback_none_grants_nothing_and_says_why(ctx, supervisor, wired):
     assert out.unit_status.message.endswith(" and fallback=none")
     decision = json.loads(out.get_relations("cluster")[0].local_app_data["backend"])
     assert decision["backend"] == "none"
+
+
+def test_corrupt_or_misplaced_credential_files_are_replaced_not_fatal(
+    ctx, supervisor, wired, tmp_path
+):
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    directory = unit_dir(tmp_path)
+    (directory / "client.pem").write_text("-----BEGIN CERTIFICATE-----\ngarbage\n")
+    (directory / "client.key").unlink()
+    (directory / "client.key").mkdir()
+    (directory / "etcd-ca.pem").chmod(0o644)
+    out = ctx.run(ctx.on.update_status(), out)
+    assert out.unit_status == testing.ActiveStatus("idle (etcd, max-concurrent 1)")
+    for name in ("client.key", "client.pem", "etcd-ca.pem"):
+        assert (directory / name).is_file(), name
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
+    settings = WorkerConfig.load(directory / "worker.json").etcd
+    with EtcdClient(settings) as client:
+        client.put(settings.prefix + "after-repair", b"1")
+
+
+def test_upgrade_waits_for_the_running_operation_before_restarting_the_worker(
+    ctx, supervisor, wired
+):
+    out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
+    update_etcd_queue(wired, lambda q: q.claim(5, utcnow()))
+    out = ctx.run(ctx.on.update_status(), out)
+    calls = len(supervisor.calls)
+    out = ctx.run(ctx.on.upgrade_charm(), out)
+    assert ("ensure_running", True) not in supervisor.calls[calls:]
+    finish(wired, OperationResult.RELEASE)
+    ctx.run(ctx.on.update_status(), out)
+    assert supervisor.calls[-1] == ("ensure_running", True)
+
+
+def test_a_unit_keeps_its_working_pair_while_the_secret_is_unusable(
+    ctx, supervisor, wired, tmp_path
+):
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    old = generate_client_identity("rollingops-rollingops-00000000")
+    secret = dataclasses.replace(
+        out.get_secret(label=LABEL),
+        tracked_content={"key": old.key_pem, "cert": old.cert_pem},
+        latest_content={"key": old.key_pem, "cert": old.cert_pem},
+    )
+    others = {s for s in out.secrets if s.label != LABEL}
+    follower = dataclasses.replace(out, leader=False, secrets=others | {secret})
+    calls = len(supervisor.calls)
+    out = ctx.run(ctx.on.upgrade_charm(), follower)
+    assert ("remove", False) not in supervisor.calls[calls:]
+    assert out.unit_status == testing.ActiveStatus("idle (etcd, max-concurrent 1)")

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import ops
 import yaml
 from charmlibs.interfaces.certificate_transfer import CertificateTransferRequires
+from cryptography import x509
 from dpcharmlibs.interfaces import (
     BulkResourcesRequestedEvent,
     MtlsCertUpdatedEvent,
@@ -83,30 +84,50 @@ class Deployment:
     cluster: EtcdCluster
     managed_users: dict[str, str] = field(default_factory=dict[str, str])
     """``<relation-id>-<request-id>`` -> CN, as charmed-etcd's peer data keeps it."""
-    pinned: dict[str, str] = field(default_factory=dict[str, str])
-    """``<relation-id>-<request-id>`` -> the ``mtls-cert`` leaf trusted for it."""
     client_cas: set[str] = field(default_factory=set[str])
+    pinned: dict[str, set[str]] = field(default_factory=dict[str, set[str]])
+    """Leaves pinned for the requests of each requirer application."""
+    trusted: set[str] = field(default_factory=set[str])
+    """What etcd trusts now besides the test bed's own certificates."""
     extra_server_ca: str = ""
     """A second server CA in the bundle handed to clients (charmed-etcd's CA rotation)."""
     extra_endpoints: list[str] = field(default_factory=list[str])
     restarts: int = 0
     refused: list[str] = field(default_factory=list[str])
 
-    def trusted(self) -> set[str]:
-        return set(self.pinned.values()) | self.client_cas
-
-    def apply_trust(self, before: set[str]) -> None:
-        """Rewrite etcd's client trust bundle and restart the members, as charmed-etcd does."""
-        if self.trusted() == before:
+    def apply_trust(self) -> None:
+        """Rewrite etcd's client trust bundle and restart the members if it changed."""
+        wanted = set(self.client_cas).union(*self.pinned.values())
+        if wanted == self.trusted:
             return
-        self.cluster.trust(self.trusted())
+        self.cluster.trust(wanted)
+        self.trusted = wanted
         self.restarts += 1
 
 
+def is_leaf_certificate_valid(chain: str) -> bool:
+    """charmed-etcd's check: the first certificate must not be able to sign others."""
+    cert = x509.load_pem_x509_certificate(first_certificate(chain).encode())
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return not constraints.ca
+    return not (usage.key_cert_sign or usage.crl_sign or constraints.ca)
+
+
 class ProviderCharm(ops.CharmBase):
-    """charmed-etcd's client-facing handlers, reduced to what a client can observe."""
+    """charmed-etcd's client-facing handlers (``ExternalClientsEvents``), step for step.
+
+    Left out: the deferrals charmed-etcd makes while its own TLS, a CA rotation, a restore or a
+    refresh is in progress (a test bed is never in those states).
+    """
 
     deployment: ClassVar[Deployment]
+    requirer: ClassVar[str]
 
     def __init__(self, framework: ops.Framework) -> None:
         super().__init__(framework)
@@ -118,7 +139,7 @@ class ProviderCharm(ops.CharmBase):
         observe(self.provides.on.bulk_resources_requested, self._on_requested)
         observe(self.provides.on.mtls_cert_updated, self._on_mtls_cert_updated)
         observe(self.client_cas.on.certificate_set_updated, self._on_client_cas)
-        observe(self.client_cas.on.certificates_removed, self._on_client_cas)
+        observe(self.client_cas.on.certificates_removed, self._on_client_cas_removed)
         observe(self.on["etcd-client"].relation_broken, self._on_broken)
         observe(self.on.update_status, self._on_update_status)
 
@@ -127,17 +148,18 @@ class ProviderCharm(ops.CharmBase):
         return type(self).deployment
 
     def _on_requested(self, event: BulkResourcesRequestedEvent[RequirerCommonModel]) -> None:
-        before = self._world.trusted()
-        responses: list[ResourceProviderModel] = []
         for request in event.requests:
             if not request.mtls_cert or not request.resource:
                 logger.error("CA chain, keys prefix, or common name not provided")
                 return
+        responses: list[ResourceProviderModel] = []
         for request in event.requests:
             key = f"{event.relation.id}-{request.request_id}"
             cert = str(request.mtls_cert)
             cn = common_name(first_certificate(cert))
-            self._world.pinned[key] = first_certificate(cert)
+            if not is_leaf_certificate_valid(cert):
+                logger.error("Invalid end-entity certificate for user %s", cn)
+                continue
             managed = self._world.managed_users.get(key)
             if managed == cn:
                 continue
@@ -145,33 +167,57 @@ class ProviderCharm(ops.CharmBase):
                 self._world.refused.append(f"{cn}: user already exists for another request")
                 continue
             if managed:
-                self._world.cluster.remove_user(managed)
+                self._remove_user(key)
             self._add_user(key, cn, request.resource)
             responses.append(self._response(event.relation, request, cn))
         if responses:
             self.provides.set_responses(event.relation.id, responses)
-        self._world.apply_trust(before)
+            self._update_truststore()
 
     def _on_mtls_cert_updated(self, event: MtlsCertUpdatedEvent[RequirerCommonModel]) -> None:
         request = event.request
         if not request.mtls_cert or not request.resource:
             return
-        before = self._world.trusted()
         key = f"{event.relation.id}-{request.request_id}"
+        old_cn = None
+        if self._world.managed_users.get(key) and event.old_mtls_cert:
+            old_cn = common_name(first_certificate(event.old_mtls_cert))
         cn = common_name(first_certificate(str(request.mtls_cert)))
-        self._world.pinned[key] = first_certificate(str(request.mtls_cert))
-        managed = self._world.managed_users.get(key)
-        if managed != cn:
-            if managed:
-                self._world.cluster.remove_user(managed)
-                del self._world.managed_users[key]
+        if not is_leaf_certificate_valid(str(request.mtls_cert)):
+            if old_cn:
+                self._remove_user(key)
+                self._update_truststore()
+            return
+        if old_cn != cn:
+            if old_cn:
+                self._remove_user(key)
             if self._world.cluster.has_user(cn):
-                self._world.refused.append(f"{cn}: user already exists")
-            else:
+                if cn != self._world.managed_users.get(key):
+                    self._world.refused.append(f"{cn}: user already exists")
+                return
+            if self._world.managed_users.get(key) is None:
                 self._add_user(key, cn, request.resource)
-                response = self._response(event.relation, request, cn)
-                self.provides.set_response(event.relation.id, response)
-        self._world.apply_trust(before)
+                self.provides.set_response(
+                    event.relation.id, self._response(event.relation, request, cn)
+                )
+        if self._world.managed_users.get(key) != cn:
+            self._world.refused.append(f"{cn}: new user not created yet (deferred)")
+            return
+        self._update_truststore()
+
+    def _remove_user(self, key: str) -> None:
+        self._world.cluster.remove_user(self._world.managed_users.pop(key))
+
+    def _update_truststore(self) -> None:
+        """Every current request's leaf (pinned) and every client-cas certificate."""
+        pinned: set[str] = set()
+        for relation in self.model.relations["etcd-client"]:
+            for request in self.provides.requests(relation):
+                cert = str(request.mtls_cert or "")
+                if cert and is_leaf_certificate_valid(cert):
+                    pinned.add(first_certificate(cert))
+        self._world.pinned[type(self).requirer] = pinned
+        self._world.apply_trust()
 
     def _add_user(self, key: str, cn: str, prefix: str) -> None:
         self._world.cluster.add_user(cn, prefix)
@@ -217,16 +263,18 @@ class ProviderCharm(ops.CharmBase):
                 self.provides.set_responses(relation.id, fresh)
 
     def _on_client_cas(self, _: ops.EventBase) -> None:
-        before = self._world.trusted()
         self._world.client_cas = set(self.client_cas.get_all_certificates())
-        self._world.apply_trust(before)
+        if self._world.client_cas:
+            self._update_truststore()
+
+    def _on_client_cas_removed(self, _: ops.EventBase) -> None:
+        self._world.client_cas = set(self.client_cas.get_all_certificates())
+        self._update_truststore()
 
     def _on_broken(self, event: ops.RelationBrokenEvent) -> None:
-        before = self._world.trusted()
         for key in [k for k in self._world.managed_users if k.startswith(f"{event.relation.id}-")]:
-            self._world.cluster.remove_user(self._world.managed_users.pop(key))
-            self._world.pinned.pop(key, None)
-        self._world.apply_trust(before)
+            self._remove_user(key)
+        self._update_truststore()
 
 
 def _as_remote(secret: testing.Secret) -> testing.Secret:
@@ -273,7 +321,11 @@ class CharmedEtcd:
         return self.deployment
 
     def _context(self) -> testing.Context[ProviderCharm]:
-        charm_type = type("CharmedEtcdProvider", (ProviderCharm,), {"deployment": self.world})
+        charm_type = type(
+            "CharmedEtcdProvider",
+            (ProviderCharm,),
+            {"deployment": self.world, "requirer": self.requirer_app},
+        )
         return testing.Context(charm_type, meta=PROVIDER_META, app_name=ETCD_APP, unit_id=0)
 
     def _run(self, event: Any, relation: testing.RelationBase | None = None) -> None:
@@ -339,12 +391,24 @@ class CharmedEtcd:
         self._run(lambda ctx: ctx.on.update_status())
         return self.reply()
 
+    def client_cas_created(self) -> dict[str, str]:
+        """charmed-etcd's leader joins ``client-cas``: what its library writes for us to read."""
+        relation = testing.Relation(
+            "client-cas", id=CLIENT_CA_ID, remote_app_name=self.requirer_app
+        )
+        self._run(lambda ctx: ctx.on.relation_created(relation), relation)
+        mine = next(r for r in self.state.relations if r.id == CLIENT_CA_ID)
+        assert isinstance(mine, testing.Relation)
+        return dict(mine.local_app_data)
+
     def client_cas_changed(self, certificates_bag: dict[str, str]) -> None:
         """The requirer (rollingops) changed what it offers over ``client-cas``."""
+        mine = next((r for r in self.state.relations if r.id == CLIENT_CA_ID), None)
         relation = testing.Relation(
             "client-cas",
             id=CLIENT_CA_ID,
             remote_app_name=self.requirer_app,
+            local_app_data=dict(mine.local_app_data) if isinstance(mine, testing.Relation) else {},
             remote_app_data=certificates_bag,
         )
         self._run(lambda ctx: ctx.on.relation_changed(relation), relation)
