@@ -119,7 +119,7 @@ class EtcdRequirer:
         """Our requests as they stand in our databag."""
         try:
             local = self._ours.build_model(relation.id, component=self._model.app)
-        except (ValidationError, ValueError, ops.ModelError) as error:
+        except (ValidationError, ValueError, RecursionError, ops.ModelError) as error:
             logger.warning("our etcd requests are unreadable, rewriting them: %s", error)
             return []
         return list(local.requests)
@@ -143,6 +143,6 @@ class EtcdRequirer:
                     and reply.tls_ca
                 ):
                     return EtcdConnection(parse_endpoints(reply.endpoints), reply.tls_ca)
-        except (ValidationError, ValueError, ops.ModelError) as error:
+        except (ValidationError, ValueError, RecursionError, ops.ModelError) as error:
             logger.warning("charmed-etcd's reply is unreadable: %s", error)
         return None

@@ -93,10 +93,15 @@ def subordinate_bag(record: UnitRecord, backend: Backend | None) -> SubordinateB
                 granted_at=grant.granted_at,
                 backend="etcd",
             )
+    # The operator's run-exclusive operations share the queue but are not the principal's:
+    # it is told nothing of them, so it has no id to forge a result for.
+    operations = [*queue.pending, *([grant.operation] if grant else [])]
     return SubordinateBag(
         granted=granted,
         state=_state(record, backend),
-        accepted=tuple(sorted(queue.operation_ids())),
+        accepted=tuple(
+            sorted(op.id for op in operations if op.callback not in RESERVED_CALLBACKS)
+        ),
         rejected=record.rejected,
         finished=record.merged
         + tuple(
@@ -107,6 +112,7 @@ def subordinate_bag(record: UnitRecord, backend: Backend | None) -> SubordinateB
                 reason=entry.reason,
             )
             for entry in queue.history
+            if entry.callback not in RESERVED_CALLBACKS
         ),
     )
 

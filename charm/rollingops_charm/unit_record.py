@@ -17,11 +17,14 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rollingops_principal import Finished, Rejection
+from rollingops_principal.protocol import MAX_LISTED
 
 from rollingops.backend_choice import Backend
 from rollingops.models import UnitQueue
 
-SEEN_LIMIT = 256
+SEEN_LIMIT = MAX_LISTED
+"""Seen ids are those the principal still lists (see ``intake.absorb``), never more than
+``MAX_LISTED``: this bound only guards a record from elsewhere, it never forgets a listed id."""
 REPORT_LIMIT = 32
 
 
@@ -64,6 +67,7 @@ class UnitRecord(BaseModel):
 
     queue: UnitQueue = Field(default_factory=UnitQueue)
     seen: tuple[str, ...] = ()
+    """Request ids taken, kept while the principal lists them (a request is taken once)."""
     rejected: tuple[Rejection, ...] = ()
     merged: tuple[Finished, ...] = ()
     """Requests that were identical to one still waiting (the seed's rule)."""

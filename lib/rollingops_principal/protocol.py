@@ -6,6 +6,8 @@ the subordinate writes ``protocol``, ``granted``, ``state``, ``accepted``, ``rej
 ``finished``. ``docs/protocol.md`` is the human-readable form of this module.
 
 Parsing is per item: one malformed request is rejected with a reason, the others go on.
+Each value the other side wrote is untrusted JSON: it is parsed with size and depth limits
+(``untrusted_json``) before any model sees it, so no value can crash a hook.
 """
 
 from __future__ import annotations
@@ -13,15 +15,44 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
+
+from .untrusted_json import loads, value_depth
 
 PROTOCOL_VERSION = "1"
 MAX_REQUESTS = 32
+"""New requests taken at once; requests already taken that are still listed do not count."""
 MAX_KWARGS_BYTES = 32 * 1024
+MAX_KWARGS_DEPTH = 32
+"""How deep kwargs may nest (``{}`` is 1): deep enough for any real argument, and far from
+the recursion limits of ``json`` and pydantic."""
 MAX_REPORTED = 32
 """How many rejected and finished entries the subordinate keeps in its bag."""
+MAX_LISTED = 512
+"""Most items a ``requests`` list may hold, taken or not. The subordinate remembers every
+listed id it has taken (rule 1), so this also bounds what it remembers."""
+MAX_DOCUMENT_DEPTH = 2 * MAX_KWARGS_DEPTH
+"""Nesting allowed in one databag value before parsing: a request nests kwargs two levels
+down, so a request with kwargs a little too deep is still parsed and rejected on its own."""
+MAX_REQUESTS_BYTES = MAX_REQUESTS * (3 * MAX_KWARGS_BYTES + 1024)
+"""Largest ``requests`` value: 32 requests of the largest kwargs, as the library writes them.
+Compact UTF-8 is what ``MAX_KWARGS_BYTES`` counts; ``json.dumps``' default ASCII escapes and
+spaces make a value at most three times that."""
+MAX_RESULTS_BYTES = 64 * 1024
+"""Largest ``results`` value: a result is about 150 bytes, the library writes one."""
+MAX_SUBORDINATE_VALUE_BYTES = 3 * MAX_KWARGS_BYTES + 32 * 1024
+"""Largest value of the subordinate's bag (``granted`` carries the kwargs, ASCII-escaped)."""
 
 OperationId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 CallbackName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
@@ -51,8 +82,19 @@ class Request(_Model):
     id: OperationId
     callback: CallbackName
     kwargs: dict[str, JsonValue] = Field(default_factory=dict[str, JsonValue])
-    max_retry: Annotated[int, Field(ge=0, le=1000)] | None = None
-    requested_at: dt.datetime
+    max_retry: Annotated[StrictInt, Field(ge=0, le=1000)] | None = None
+    """A JSON integer: ``"5"`` or ``true`` are refused, not read as 5 or 1."""
+    requested_at: AwareDatetime
+    """Naive timestamps are refused: the queue orders requests of every unit by this time,
+    and a naive one cannot be compared with an aware one."""
+
+    @field_validator("kwargs", mode="before")
+    @classmethod
+    def _shallow(cls, kwargs: object) -> object:
+        """Before pydantic walks it (recursively), and for kwargs built in Python too."""
+        if value_depth(kwargs) > MAX_KWARGS_DEPTH:
+            raise ValueError(f"kwargs nested deeper than {MAX_KWARGS_DEPTH}")
+        return kwargs
 
     @field_validator("kwargs")
     @classmethod
@@ -72,8 +114,8 @@ class Result(_Model):
 
     id: OperationId
     result: ResultName
-    attempt: Annotated[int, Field(ge=1)]
-    finished_at: dt.datetime
+    attempt: Annotated[StrictInt, Field(ge=1)]
+    finished_at: AwareDatetime
 
 
 class _Reported(_Model):
@@ -133,23 +175,33 @@ class PrincipalBag(_Model):
     requests: tuple[Request, ...] = ()
     results: tuple[Result, ...] = ()
     rejected: tuple[Rejection, ...] = ()
-    """Items that could not be parsed (filled by ``parse``, never written by the principal)."""
+    """Requests that could not be parsed, or the whole ``requests`` value when it could not
+    be (filled by ``parse``, never written by the principal)."""
+    rejected_results: tuple[Rejection, ...] = ()
+    """Results that could not be parsed (filled by ``parse``)."""
+    listed: frozenset[str] | None = None
+    """Every id in the ``requests`` list, valid or not; ``None`` when unknown (no principal,
+    or a value that could not be parsed). Ids no longer listed are ids the principal pruned."""
 
     @classmethod
     def parse(cls, data: Mapping[str, str]) -> PrincipalBag:
-        """Parse what the principal wrote; collect what is invalid instead of failing."""
-        requests, rejected = _parse_list(data.get("requests"), Request, "requests")
-        results, bad_results = _parse_list(data.get("results"), Result, "results")
-        if len(requests) > MAX_REQUESTS:
-            rejected += [
-                Rejection(id=r.id, reason=f"more than {MAX_REQUESTS} requests at once")
-                for r in requests[MAX_REQUESTS:]
-            ]
-            requests = requests[:MAX_REQUESTS]
+        """Parse what the principal wrote; collect what is invalid instead of failing.
+
+        Never raises, whatever ``data`` holds. ``MAX_REQUESTS`` is applied by the subordinate
+        to the requests it has not taken yet, not here.
+        """
+        requests, rejected, listed = _parse_list(
+            data.get("requests"), Request, "requests", MAX_REQUESTS_BYTES
+        )
+        results, bad_results, _ = _parse_list(
+            data.get("results"), Result, "results", MAX_RESULTS_BYTES
+        )
         return cls(
             requests=tuple(requests),
             results=tuple(results),
-            rejected=tuple(rejected + bad_results),
+            rejected=tuple(rejected),
+            rejected_results=tuple(bad_results),
+            listed=listed,
         )
 
     def to_databag(self) -> dict[str, str]:
@@ -184,45 +236,78 @@ class SubordinateBag(_Reported):
 
     @classmethod
     def from_databag(cls, data: Mapping[str, str]) -> SubordinateBag:
-        """Read what a subordinate wrote; raises ``ValueError`` if it is not protocol v1."""
+        """Read what a subordinate wrote; raises ``ValueError`` if it is not protocol v1.
+
+        The subordinate is another application too: its values are parsed with limits.
+        """
         if data.get("protocol") != PROTOCOL_VERSION:
-            raise ValueError(f"unsupported protocol {data.get('protocol')!r}")
+            raise ValueError(f"unsupported protocol {str(data.get('protocol'))[:16]!r}")
         # Only the protocol's own keys: every unit bag also carries Juju's (ingress-address...).
         keys = set(cls.model_fields) - {"protocol"}
-        loaded = {key: json.loads(data[key]) for key in keys if data.get(key)}
+        loaded = {
+            key: loads(
+                data[key],
+                key,
+                max_bytes=MAX_SUBORDINATE_VALUE_BYTES,
+                max_depth=MAX_DOCUMENT_DEPTH,
+            )
+            for key in keys
+            if data.get(key)
+        }
         return cls.model_validate(loaded)
 
 
 def _parse_list(
-    raw: str | None, model: type[Request] | type[Result], key: str
-) -> tuple[list[Any], list[Rejection]]:
+    raw: str | None, model: type[Request] | type[Result], key: str, max_bytes: int
+) -> tuple[list[Any], list[Rejection], frozenset[str] | None]:
+    """Valid items, rejections, and the ids listed (``None`` if the list itself is refused)."""
     if not raw:
-        return [], []
+        return [], [], frozenset()
     try:
-        items = json.loads(raw)
-    except json.JSONDecodeError as error:
-        return [], [Rejection(id="", reason=f"{key} is not JSON: {error.msg}")]
+        items = loads(raw, key, max_bytes=max_bytes, max_depth=MAX_DOCUMENT_DEPTH)
+    except ValueError as error:
+        return [], [Rejection(id="", reason=str(error))], None
     if not isinstance(items, list):
-        return [], [Rejection(id="", reason=f"{key} must be a JSON list")]
+        return [], [Rejection(id="", reason=f"{key} must be a JSON list")], None
+    entries = cast("list[object]", items)
+    if len(entries) > MAX_LISTED:
+        reason = (
+            f"{key} lists {len(entries)} items, more than {MAX_LISTED}:"
+            " prune the ids found in accepted, rejected or finished"
+        )
+        return [], [Rejection(id="", reason=reason)], None
     parsed: list[Any] = []
     rejected: list[Rejection] = []
-    for item in items:
+    listed: set[str] = set()
+    for item in entries:
+        item_id = _item_id(item)
+        if item_id:
+            listed.add(item_id)
         try:
             parsed.append(model.model_validate(item))
         except ValidationError as error:
-            rejected.append(Rejection(id=_item_id(item), reason=_short(error)))
-    return parsed, rejected
+            rejected.append(Rejection(id=item_id, reason=_short(error)))
+    return parsed, rejected, frozenset(listed)
 
 
 def _item_id(item: object) -> str:
+    """The item's id as written, for its rejection; a cut one ends in "…", never a valid id."""
     if isinstance(item, dict):
         value = item.get("id")  # type: ignore[union-attr]
         if isinstance(value, str):
-            return value[:64]
+            return value if len(value) <= 64 else value[:63] + "…"
     return ""
 
 
 def _short(error: ValidationError) -> str:
+    """``where: why``, bounded, and the reason (``why``) is never what gets cut.
+
+    ``where`` is cut, to 60 characters: it can hold a key the principal chose, of any length.
+    ``why`` is pydantic's message or ours, short by construction and the part worth reading;
+    its 200-character bound only guards against a future long message.
+    """
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "request"
-    return f"{where}: {first['msg']}"[:200]
+    if len(where) > 60:
+        where = where[:59] + "…"
+    return f"{where}: {first['msg'][:200]}"

@@ -350,3 +350,13 @@ def test_a_garbled_own_key_is_replaced_and_the_working_pair_kept(ctx, supervisor
     assert fresh != working
     assert worker_settings(tmp_path).cert_file.read_text() == fresh
     assert round_trip(worker_settings(tmp_path), "new-key", b"1") == b"1"
+
+
+def test_a_reply_nested_beyond_reason_is_not_an_answer(ctx, supervisor, wired):
+    deep = "[" * 100_000 + "]" * 100_000
+    relation = dataclasses.replace(
+        wired.relation, remote_app_data={**wired.relation.remote_app_data, "requests": deep}
+    )
+    state = dataclasses.replace(wired.state(peer(), leader=True), relations={relation, peer()})
+    out = ctx.run(ctx.on.relation_changed(relation), state)
+    assert "waiting for charmed-etcd to grant" in out.unit_status.message

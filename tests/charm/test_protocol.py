@@ -134,6 +134,17 @@ def test_more_requests_than_allowed_are_rejected_beyond_the_limit(ctx, superviso
     assert bag["rejected"] == [{"id": "op32", "reason": "more than 32 requests at once"}]
 
 
+def test_requests_already_taken_do_not_count_towards_the_limit(ctx, supervisor, wired):
+    """A principal that has not pruned yet still gets its new requests taken."""
+    old = [request(f"old{n}", kwargs={"same": 1}) for n in range(31)]
+    out = changed(ctx, wired, principal_relation(requests=old))
+    assert sub_bag(out)["accepted"] == ["old0"]
+    new = [request(f"new{n}", kwargs={"n": n}) for n in range(31)]
+    out = changed(ctx, wired, principal_relation(requests=old + new), record=record_of(out))
+    assert sub_bag(out)["rejected"] == []
+    assert [op.id for op in etcd_queue(wired).pending] == ["old0"] + [r["id"] for r in new]
+
+
 def test_grant_is_published_with_the_fencing_token(ctx, supervisor, wired):
     out = changed(ctx, wired, principal_relation(requests=[request("op1", kwargs={"a": 1})]))
     update_etcd_queue(wired, lambda q: q.claim(42, utcnow()))
