@@ -70,6 +70,12 @@ class Outcome(str, enum.Enum):
 
     DONE = "done"
     DROPPED = "dropped"
+    LOCK_LOST = "lock-lost"
+    """The worker lost the lock (lease expired or revoked) while the operation ran; it is not
+    run again, so the principal and the operator must be told that exclusion was not kept."""
+    HOOK_FAILED = "hook-failed"
+    """The lock-granted hook could not be fired within the worker's attempts; the lock went to
+    the next unit instead of staying with one whose agent cannot run it."""
 
 
 class Operation(_Document):
@@ -220,6 +226,16 @@ class UnitQueue(_Document):
             raise ValueError("no operation is running")
         again = self.current.model_copy(update={"token": token, "granted_at": now})
         return self.model_copy(update={"current": again})
+
+    def abandon(self, outcome: Outcome, reason: str, now: dt.datetime) -> UnitQueue:
+        """End the running operation for good with ``outcome``, whatever the principal reports.
+
+        For the worker's own verdicts (lock lost, hook never fired): the operation leaves the
+        queue with its reason in ``history`` and is not run again.
+        """
+        if self.current is None:
+            raise ValueError("no operation is running")
+        return self._complete(self.current, outcome, reason, now)
 
     def _complete(
         self, grant: Grant, outcome: Outcome, reason: str, now: dt.datetime

@@ -6,9 +6,16 @@ just ahead of it (only deletions) and re-reads when one goes: a deletion further
 make it a holder, since the k keys ahead of it stay the same. No polling, no thundering herd
 for k = 1, FIFO by construction.
 
-The fencing token is the holder key's create revision: etcd revisions only grow, and holders are
-granted in create-revision order, so tokens strictly increase per domain. A protected resource
-that remembers the highest token it has seen can refuse a stale holder.
+The semaphore's token is the holder key's create revision: etcd revisions only grow, and holders
+are granted in create-revision order, so tokens strictly increase per domain. The worker's
+fencing token adds the domain's token floor to it (see ``control.GrantState``), so that tokens
+keep increasing across backend switches. A protected resource that remembers the highest token
+it has seen can refuse a stale holder.
+
+Holding is a local belief until a transaction proves it: ``held_condition`` is the compare that
+does (the key still exists with the create revision we were granted under). Since every new
+waiter key gets a higher create revision, a key that still exists with the same one has kept
+its place within the first k.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .etcd_client import Compare, EtcdClient, KeyValue, Op, WatchBrokenError, WatchStream
 from .lease import Lease, LeaseLostError
@@ -40,9 +48,13 @@ class Contender:
 
 def read_contenders(client: EtcdClient, waiters_prefix: str, capacity: int) -> list[Contender]:
     """Everyone in a domain, in grant order: the ``capacity`` holders first, then the queue."""
-    kvs = client.get_prefix(waiters_prefix).kvs
+    return contenders_of(client.get_prefix(waiters_prefix).kvs, capacity)
+
+
+def contenders_of(kvs: list[KeyValue], capacity: int, floor: int = 0) -> list[Contender]:
+    """Contenders from a read of the waiters range, tokens raised by the domain's ``floor``."""
     return [
-        Contender(kv.value.decode(), kv.create_revision, index < capacity, kv.lease)
+        Contender(kv.value.decode(), floor + kv.create_revision, index < capacity, kv.lease)
         for index, kv in enumerate(kvs)
     ]
 
@@ -116,6 +128,28 @@ class FairSemaphore:
             self.token = None
             return False
         return True
+
+    @property
+    def revision(self) -> int:
+        """Create revision of our key, the semaphore's token; only while we hold a slot."""
+        if self.token is None:
+            raise ValueError(f"{self.key} holds no slot")
+        return self.token
+
+    def held_condition(self) -> Any:
+        """A transaction compare that holds only while our slot is still ours.
+
+        Put it in the transaction that starts work under the lock: the local lease can be lost
+        (revoked, or expired while the process was stopped) without this process knowing yet.
+        """
+        return Compare.create_revision(self.key, self.revision)
+
+    def still_held(self) -> bool:
+        """Whether etcd still has our key as we were granted it (one read)."""
+        if self.token is None:
+            return False
+        kv, _ = self._client.get(self.key)
+        return kv is not None and kv.create_revision == self.token
 
     def contenders(self) -> list[Contender]:
         """Everyone in the domain, in grant order: holders first, then the queue."""

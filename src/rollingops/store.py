@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -32,6 +33,14 @@ _MAX_CONFLICTS = 16
 
 class StoreConflictError(EtcdError):
     """Too many concurrent writers on one unit's queue; nothing was written."""
+
+
+class ConditionFailedError(Exception):
+    """A caller's extra condition failed (the queue itself was current); nothing was written.
+
+    For the worker: the lock, the pause or the token floor is not what it read, so the claim it
+    tried must not happen.
+    """
 
 
 class CorruptQueueError(ValueError):
@@ -96,11 +105,14 @@ class OperationStore:
         self,
         change: Callable[[UnitQueue], UnitQueue],
         known: QueueSnapshot | None = None,
+        conditions: Sequence[Any] = (),
     ) -> QueueSnapshot:
         """Apply ``change`` atomically; return the queue as written.
 
         ``known`` is the caller's latest snapshot: when it is still current, the transition
-        costs exactly one transaction.
+        costs exactly one transaction. ``conditions`` (``Compare``s on other keys) go into the
+        same transaction, so the write proves them at its own revision; when one fails while the
+        queue was current, ``ConditionFailedError`` is raised and nothing is written.
         """
         current = known or self.load()
         for _ in range(_MAX_CONFLICTS):
@@ -113,14 +125,17 @@ class OperationStore:
                 else Compare.mod_revision(self.key, current.mod_revision)
             )
             result = self._client.txn(
-                compare=[guard],
+                compare=[guard, *conditions],
                 success=[Op.put(self.key, new.to_json().encode())],
                 failure=[Op.get(self.key)],
             )
             if result.succeeded:
                 return QueueSnapshot(new, result.revision, result.revision)
             kvs = result.ranges[0]
-            current = _snapshot(kvs[0] if kvs else None, result.revision)
+            fresh = _snapshot(kvs[0] if kvs else None, result.revision)
+            if fresh.mod_revision == current.mod_revision:
+                raise ConditionFailedError(f"{self.key}: a condition of the write failed")
+            current = fresh
         raise StoreConflictError(f"{self.key}: {_MAX_CONFLICTS} concurrent writes in a row")
 
     def clear(self) -> None:

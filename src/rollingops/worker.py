@@ -5,12 +5,16 @@ Run as ``python -m rollingops.worker --config FILE``. The loop:
     idle (a watch on the unit's queue, no other etcd request)
     -> pending operation: lease, enter the semaphore, wait by watch
     -> unless the domain is paused (then: keep the slot, start nothing until resumed),
-       claim the head operation with the fencing token (one transaction)
-    -> fire the "lock granted" hook in this unit
+       claim the head operation with the fencing token (one transaction, which also proves
+       that our waiter key is still ours, the domain unpaused and the token floor unchanged)
+    -> fire the "lock granted" hook in this unit (at most ``hook_attempts`` times)
     -> wait for the principal's result by watch
     -> apply it (one transaction): done, retry-release (requeue) or retry-hold (fire again)
     -> release at once, next operation with no sleep; revoke the lease when idle.
 
+The lock lost before the claim: nothing starts, the operation waits for the lock again. The lock
+lost while the operation runs: it ends as ``lock-lost`` in the unit's history, never run again.
+The hook never fired: the operation ends as ``hook-failed`` and the lock goes to the next unit.
 etcd unreachable for longer than ``failure_deadline`` -> fire the "etcd failed" hook, exit 3.
 SIGTERM -> release the lock and revoke the lease, exit 0.
 """
@@ -25,22 +29,33 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .control import DomainControl
+from .control import DomainControl, GrantState, Pause
 from .etcd_client import EtcdClient, EtcdError
 from .hook_runner import HookFailedError, HookRunner
 from .lease import Lease, LeaseLostError
-from .models import UnitQueue, utcnow
+from .models import Grant, Outcome, UnitQueue, utcnow
 from .semaphore import AcquireCancelledError, FairSemaphore
-from .store import CorruptQueueError, OperationStore, QueueSnapshot, QueueWatch, waiters_prefix
+from .store import (
+    ConditionFailedError,
+    CorruptQueueError,
+    OperationStore,
+    QueueSnapshot,
+    QueueWatch,
+    waiters_prefix,
+)
 from .worker_config import WorkerConfig
 
 EXIT_ETCD_FAILED = 3
 _RETRY_PAUSE = 0.5
+_HOOK_BACKOFF_FIRST = 1.0
 _HOOK_BACKOFF_MAX = 30.0
+_WAKE_INTERVAL = 0.2
+"""How often a worker waiting for a result looks at its own lease (a local check, no request)."""
 _SHUTDOWN_BOUND = 1.0
 """Seconds each release call may take when stopping (SIGTERM, upgrade, fallback)."""
 
@@ -50,6 +65,19 @@ logger = logging.getLogger("rollingops.worker")
 def record(event: str, **fields: Any) -> None:
     """Write one structured event to the worker log."""
     logger.info(event, extra={"fields": fields})
+
+
+@dataclass(frozen=True)
+class _LostGrant:
+    """A running operation whose lock went, until its ``lock-lost`` end is written."""
+
+    op: str
+    token: int
+    reason: str
+
+    def matches(self, grant: Grant) -> bool:
+        """Whether ``grant`` is that operation under that same lock."""
+        return (grant.operation.id, grant.token) == (self.op, self.token)
 
 
 class Worker:
@@ -73,6 +101,8 @@ class Worker:
         self._semaphore: FairSemaphore | None = None
         self._watch: QueueWatch | None = None
         self._snapshot: QueueSnapshot | None = None
+        self._lost: _LostGrant | None = None
+        """Remembered across an etcd outage, so a lost operation is never granted again."""
         self._etcd_down = False
         """The last etcd call failed: shutting down must not wait on a dead cluster."""
 
@@ -110,33 +140,60 @@ class Worker:
             self._await_change(snapshot, timeout=None)
             return
         grant = snapshot.queue.current
+        if grant is not None and self._lost is not None and self._lost.matches(grant):
+            self._end_lost(snapshot, self._lost.reason)
+            return
         if grant is not None and grant.result is not None:
             self._finish(snapshot)
             return
-        token = self._acquire()
+        if not self._acquire():
+            return
+        state = self._claimable_state()
+        if state is not None:
+            self._claim(snapshot, state)
+
+    def _claim(self, snapshot: QueueSnapshot, state: GrantState) -> None:
+        """Start the head operation (or re-grant the running one) only if etcd proves we may.
+
+        The claim is one transaction on the queue as we know it, conditioned on our waiter key
+        still existing with the create revision we were granted under (so still within the
+        first k), on no pause and on the same token floor. If any of that changed, nothing
+        starts and the operation stays where it was.
+        """
+        semaphore = self._held_semaphore()
+        token = state.token_for(semaphore.revision)
         if token is None:
+            record("token-floor-raised", floor=state.floor, revision=semaphore.revision)
+            self._release()  # enter again: a key created after the raise gets a valid token
             return
-        pause = self._control.wait_while_paused(self.stop)
-        if pause is not None:
-            record("pause-waited", reason=pause.reason, by=pause.by)
-        if self.stop.is_set():
-            return
+        grant = snapshot.queue.current
 
         def change(queue: UnitQueue) -> UnitQueue:
             if grant is not None:
                 return queue.regrant(token, utcnow())
             return queue.claim(token, utcnow())
 
-        snapshot = self._write(change, snapshot)
+        try:
+            snapshot = self._write(
+                change, snapshot, [semaphore.held_condition(), *state.conditions()]
+            )
+        except ConditionFailedError:
+            if not semaphore.still_held():
+                self._lose_slot("claim", "waiter key gone (lease revoked or expired)")
+            return  # otherwise a pause or a floor raise came in between: read the domain again
         assert snapshot.queue.current is not None  # noqa: S101 - just written
         op = snapshot.queue.current.operation
         record("granted", op=op.id, callback=op.callback, attempt=op.attempt, token=token)
-        self._fire(self.config.lock_granted_hook)
+        self._run_granted()
 
     def _finish(self, snapshot: QueueSnapshot) -> None:
         grant = snapshot.queue.current
         assert grant is not None  # noqa: S101 - checked by caller
         assert grant.result is not None  # noqa: S101 - checked by caller
+        if (lost := self._lost_lock()) is not None:
+            self._end_lost(snapshot, f"{lost} (before its {grant.result.value} was applied)")
+            return
+        holding = self._semaphore is not None and self._semaphore.token is not None
         kept = False
 
         def apply(queue: UnitQueue) -> UnitQueue:
@@ -144,7 +201,14 @@ class Worker:
             new, kept = queue.finish(utcnow())
             return new
 
-        self._write(apply, snapshot)
+        conditions = [self._held_semaphore().held_condition()] if holding else []
+        try:
+            self._write(apply, snapshot, conditions)
+        except ConditionFailedError:
+            reason = f"waiter key gone before its {grant.result.value} was applied"
+            record("lock-lost", stage="result", reason=reason, token=grant.token)
+            self._end_lost(snapshot, reason)
+            return
         record(
             "result",
             op=grant.operation.id,
@@ -152,7 +216,7 @@ class Worker:
             token=grant.token,
             attempt=grant.operation.attempt,
         )
-        if kept and self._holding():
+        if kept and holding:
             record(
                 "granted",
                 op=grant.operation.id,
@@ -160,14 +224,17 @@ class Worker:
                 attempt=grant.operation.attempt + 1,
                 token=grant.token,
             )
-            self._fire(self.config.lock_granted_hook)
+            self._run_granted()
             return
         self._release()
 
     # -- lock -------------------------------------------------------------------------------
 
-    def _acquire(self) -> int | None:
-        if self._lease is None or self._lease.lost.is_set():
+    def _acquire(self) -> bool:
+        """Hold a slot, waiting for one if needed; ``False`` when stopping or the lease went."""
+        if self._semaphore is not None and self._semaphore.is_held():
+            return True
+        if self._lease is None or self._lease.lost.is_set() or self._semaphore is None:
             self._lease = Lease(self.client, self.config.lease_ttl, self._on_lease_lost)
             self._semaphore = FairSemaphore(
                 self.client,
@@ -176,23 +243,79 @@ class Worker:
                 self._lease,
                 self.config.unit,
             )
-        assert self._semaphore is not None  # noqa: S101 - created with the lease
-        if self._semaphore.is_held():
-            return self._semaphore.token
         started = time.monotonic()
         record("waiting", lease=f"{self._lease.id:x}")
         try:
-            token = self._semaphore.acquire(cancel=self.stop)
+            revision = self._semaphore.acquire(cancel=self.stop)
         except AcquireCancelledError:
-            return None
+            return False
         except LeaseLostError as error:
             record("lease-lost-while-waiting", error=str(error))
-            return None
-        record("acquired", token=token, waited=round(time.monotonic() - started, 6))
-        return token
+            return False
+        record("acquired", token=revision, waited=round(time.monotonic() - started, 6))
+        return True
 
-    def _holding(self) -> bool:
-        return self._semaphore is not None and self._semaphore.is_held()
+    def _claimable_state(self) -> GrantState | None:
+        """The domain's pause and token floor once a claim may be tried; ``None`` to go round.
+
+        A pause is waited out by watch, keeping the slot. A lease found lost meanwhile ends the
+        wait: the slot is dropped and the operation waits for the lock again.
+        """
+        waited: Pause | None = None
+        while not self.stop.is_set():
+            if (lost := self._lost_lock()) is not None:
+                self._lose_slot("before-claim", lost)
+                return None
+            state = self._control.grant_state()
+            if state.pause is None:
+                if waited is not None:
+                    record("pause-waited", reason=waited.reason, by=waited.by)
+                return state
+            if waited is None or (waited.reason, waited.by) != (
+                state.pause.reason,
+                state.pause.by,
+            ):
+                record("paused", reason=state.pause.reason, by=state.pause.by)
+            waited = state.pause
+            self._control.wait_for_change(state, self.stop, lambda: self._lost_lock() is not None)
+        return None
+
+    def _held_semaphore(self) -> FairSemaphore:
+        semaphore = self._semaphore
+        assert semaphore is not None  # noqa: S101 - only called while holding a slot
+        return semaphore
+
+    def _lost_lock(self) -> str | None:
+        """Why the slot this worker holds is gone, as its lease knows it (no etcd request).
+
+        The lease can only tell late (at its next refresh) or never (a key deleted by hand):
+        the transactions that start or continue work prove the slot themselves.
+        """
+        if self._lease is None or self._semaphore is None or self._semaphore.token is None:
+            return None
+        try:
+            self._lease.check()
+        except LeaseLostError as error:
+            return str(error)
+        return None
+
+    def _lose_slot(self, stage: str, reason: str) -> None:
+        """Forget a slot etcd no longer gives us: no hook; a new lease for the next try."""
+        token = self._semaphore.token if self._semaphore is not None else None
+        if stage != "before-claim":  # before a claim, the lease already said so
+            record("lock-lost", stage=stage, reason=reason, token=token)
+        self._forget_lock()
+
+    def _forget_lock(self) -> None:
+        lease, semaphore = self._lease, self._semaphore
+        self._lease, self._semaphore = None, None
+        try:
+            if semaphore is not None:
+                semaphore.release()  # the key may outlive a lease lost only locally
+            if lease is not None:
+                lease.revoke()
+        except EtcdError as error:  # both expire by themselves
+            record("release-failed", error=str(error))
 
     def _release(self) -> None:
         if self._semaphore is not None and self._semaphore.token is not None:
@@ -221,9 +344,12 @@ class Worker:
         return self._snapshot
 
     def _write(
-        self, change: Callable[[UnitQueue], UnitQueue], known: QueueSnapshot
+        self,
+        change: Callable[[UnitQueue], UnitQueue],
+        known: QueueSnapshot,
+        conditions: Sequence[Any] = (),
     ) -> QueueSnapshot:
-        self._snapshot = self.store.update(change, known)
+        self._snapshot = self.store.update(change, known, conditions)
         return self._snapshot
 
     def _await_change(self, known: QueueSnapshot, timeout: float | None) -> None:
@@ -232,27 +358,72 @@ class Worker:
         if fresh is not None:
             self._snapshot = fresh
 
-    def _fire(self, hook: str) -> None:
-        """Fire ``hook`` until it runs, then wait for the principal's result by watch."""
-        backoff = 1.0
-        while not self.stop.is_set():
+    def _end(self, snapshot: QueueSnapshot, outcome: Outcome, reason: str) -> None:
+        """End the running operation for good (the worker's verdict, not the principal's)."""
+        grant = snapshot.queue.current
+        if grant is None:
+            return
+        op = grant.operation.id
+
+        def end(queue: UnitQueue) -> UnitQueue:
+            if queue.current is None or queue.current.operation.id != op:
+                return queue  # already gone: nothing left to end
+            return queue.abandon(outcome, reason, utcnow())
+
+        self._write(end, snapshot)
+        record("operation-ended", op=op, outcome=outcome.value, token=grant.token, reason=reason)
+
+    def _end_lost(self, snapshot: QueueSnapshot, reason: str) -> None:
+        """The lock went while the operation ran: record ``lock-lost``; never run it again."""
+        grant = snapshot.queue.current
+        assert grant is not None  # noqa: S101 - only called with a running operation
+        self._lost = _LostGrant(grant.operation.id, grant.token, reason)
+        self._forget_lock()
+        self._end(snapshot, Outcome.LOCK_LOST, f"lock lost while running: {reason}")
+        self._lost = None
+
+    def _run_granted(self) -> None:
+        """Fire the lock-granted hook, then wait for the result; give up after the attempts.
+
+        A unit whose hooks cannot run must not hold the domain forever: after
+        ``hook_attempts`` failures (backoff 1 s, doubling, at most 30 s) the operation ends as
+        ``hook-failed`` and the lock goes to the next unit.
+        """
+        hook = self.config.lock_granted_hook
+        backoff, failure = _HOOK_BACKOFF_FIRST, ""
+        for attempt in range(1, self.config.hook_attempts + 1):
+            if attempt > 1 and self.stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, _HOOK_BACKOFF_MAX)
+            if (lost := self._lost_lock()) is not None:
+                self._end_lost(self._current_snapshot(), lost)
+                return
             try:
                 self.hooks.fire(hook, self.stop)
-                record("hook-fired", hook=hook)
-                break
             except HookFailedError as error:
-                record("hook-failed", hook=hook, error=str(error))
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, _HOOK_BACKOFF_MAX)
-        self._wait_for_result()
+                if self.stop.is_set():
+                    return
+                failure = str(error)
+                record("hook-failed", hook=hook, error=failure, attempt=attempt)
+                continue
+            record("hook-fired", hook=hook)
+            self._wait_for_result()
+            return
+        reason = f"{hook} failed {self.config.hook_attempts} times; last: {failure}"
+        self._end(self._current_snapshot(), Outcome.HOOK_FAILED, reason)
+        self._release()
 
     def _wait_for_result(self) -> None:
+        """Wait by watch for the principal's result; end the operation if the lock goes first."""
         while not self.stop.is_set():
             snapshot = self._current_snapshot()
             grant = snapshot.queue.current
             if grant is None or grant.result is not None:
                 return
-            self._await_change(snapshot, timeout=None)
+            if (lost := self._lost_lock()) is not None:
+                self._end_lost(snapshot, lost)
+                return
+            self._await_change(snapshot, timeout=_WAKE_INTERVAL)
 
     # -- failure and shutdown ---------------------------------------------------------------
 

@@ -34,6 +34,13 @@ class WorkerConfig(BaseModel):
     failure_deadline: Annotated[float, Field(gt=0, le=3600)] = 30.0
     """Seconds etcd may stay unreachable before the worker fires the failure hook and exits."""
     hook_timeout: Annotated[float, Field(gt=0, le=3600)] = 600.0
+    hook_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    """Times the lock-granted hook is fired before its operation is given up (``hook-failed``).
+
+    Between attempts the worker waits 1 s, then twice as long each time, at most 30 s (with the
+    default: 1 + 2 + 4 + 8 = 15 s). A unit whose agent cannot run hooks must not keep the whole
+    domain waiting: after the last failure the lock goes to the next unit.
+    """
 
     @classmethod
     def load(cls, path: Path) -> WorkerConfig:

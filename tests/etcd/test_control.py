@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from etcd_helpers import DOMAIN, operation, wait_until
 from test_worker import events, finished
 
@@ -44,3 +45,31 @@ def test_force_release_hands_the_lock_on_and_the_holder_learns_it(farm, client):
 def test_position_counts_waiters_only(etcd, client):
     control = DomainControl(client, etcd.prefix, DOMAIN, 1)
     assert control.position("app/0") is None
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        '{"reason": "x", "by": "y", "since": "2024-01-01T00:00:00Z", "until": "never"}',
+        '{"reason": "x", "by"',
+    ],
+    ids=["unknown-field", "invalid-json"],
+)
+def test_unreadable_pause_key_pauses_the_domain_and_crashes_nobody(farm, client, written):
+    control = DomainControl(client, farm.cluster.prefix, DOMAIN, 1)
+    farm.cluster.etcdctl("put", control.paused_key, written, check=True)  # by hand, as root
+    worker = farm.start("app/0")
+    farm.enqueue(client, "app/0", operation("a"))
+    wait_until(lambda: events(farm, "app/0", "paused"), what="worker sees the pause")
+    time.sleep(1.0)
+    assert worker.poll() is None, "the worker must not crash on a bad pause key"
+    assert not [r for r in farm.records() if r["event"] == "hook"]
+    pause = control.paused()
+    assert pause is not None
+    assert pause.reason.startswith("unreadable pause key: ")
+    (paused,) = events(farm, "app/0", "paused")
+    assert paused["reason"] == pause.reason
+    assert control.resume()
+    (entry,) = finished(farm, client, "app/0", 1)
+    assert entry.id == "a"
+    assert control.paused() is None
