@@ -467,6 +467,9 @@ class RollingOpsCharm(ops.CharmBase):
             peer_busy=bool(view.schedule.grants) or any(q.has_work for q in view.queues.values()),
         )
         chosen = choose(current, health, self.settings.fallback)
+        returning = chosen is Backend.ETCD and current not in (None, Backend.ETCD)
+        if returning and current and not self._fence_past_peer(view.schedule.next_token - 1):
+            chosen = current  # not before etcd's tokens are known to exceed the peer's
         changed = False
         epoch = view.decision.epoch if view.decision else 0
         if view.decision is None or chosen is not current:
@@ -491,6 +494,19 @@ class RollingOpsCharm(ops.CharmBase):
         elif chosen is not Backend.PEER and view.schedule.grants:
             peer_backend.write_schedule(relation, self.app, Schedule({}, view.schedule.next_token))
         return changed
+
+    def _fence_past_peer(self, highest_peer_token: int) -> bool:
+        """Raise etcd's token floor past every peer grant, so tokens keep rising on return."""
+        settings = self.etcd_settings()
+        if settings is None:
+            return False
+        try:
+            with EtcdClient(settings) as client:
+                self.domain(client).raise_token_floor(max(highest_peer_token, 0))
+        except EtcdError as error:
+            logger.warning("cannot raise etcd's token floor yet, staying off etcd: %s", error)
+            return False
+        return True
 
     def _sync_etcd(self, record: UnitRecord, settings: EtcdSettings, on_grant: bool) -> UnitRecord:
         """Apply the principal's requests and result to the etcd queue, the authoritative copy.

@@ -107,7 +107,7 @@ def subordinate_bag(record: UnitRecord, backend: Backend | None) -> SubordinateB
         + tuple(
             Finished(
                 id=entry.id,
-                outcome="done" if entry.outcome is Outcome.DONE else "dropped",
+                outcome=entry.outcome.value,
                 attempts=entry.attempts,
                 reason=entry.reason,
             )

@@ -11,13 +11,14 @@ from .protocol import (
     SubordinateBag,
     SubordinateState,
 )
-from .rollingops import LockGrantedEvent, RollingOps, RollingOpsError
+from .rollingops import LockGrantedEvent, LockLostEvent, RollingOps, RollingOpsError
 
 __all__ = [
     "PROTOCOL_VERSION",
     "Finished",
     "Grant",
     "LockGrantedEvent",
+    "LockLostEvent",
     "PrincipalBag",
     "Rejection",
     "Request",

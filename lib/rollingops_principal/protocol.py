@@ -149,11 +149,14 @@ class Finished(_Reported):
     """A request that needs no more waiting for.
 
     ``done``: ran and released; ``dropped``: gave up after max-retry (``reason`` says why);
-    ``merged``: identical to a request still waiting (``reason`` names it), so it runs as that one.
+    ``merged``: identical to a request still waiting (``reason`` names it), so it runs as that one;
+    ``lock-lost``: the subordinate lost the lock while the operation ran (its fencing token is
+    stale; it is not run again by itself); ``hook-failed``: the grant could not be delivered (the
+    subordinate's hook kept failing), so the lock went to the next unit.
     """
 
     id: OperationId
-    outcome: Literal["done", "dropped", "merged"]
+    outcome: Literal["done", "dropped", "merged", "lock-lost", "hook-failed"]
     attempts: int
     reason: str = ""
 

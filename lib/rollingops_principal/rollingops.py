@@ -83,10 +83,35 @@ class LockGrantedEvent(ops.EventBase):
         self.token = snapshot["token"]
 
 
+class LockLostEvent(ops.EventBase):
+    """One of our operations ended because the subordinate lost the lock while it ran.
+
+    Whatever the callback did after that may overlap another unit's operation: its fencing token
+    is stale. The operation is not run again by itself; request it again if it must run.
+    """
+
+    def __init__(self, handle: ops.Handle, op_id: str, callback: str, reason: str) -> None:
+        super().__init__(handle)
+        self.op_id = op_id
+        self.callback = callback
+        self.reason = reason
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ops stores if the event is deferred."""
+        return {"op_id": self.op_id, "callback": self.callback, "reason": self.reason}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Rebuild a deferred event."""
+        self.op_id = snapshot["op_id"]
+        self.callback = snapshot["callback"]
+        self.reason = snapshot["reason"]
+
+
 class RollingOpsEvents(ops.ObjectEvents):
     """Events of ``RollingOps``."""
 
     lock_granted = ops.EventSource(LockGrantedEvent)
+    lock_lost = ops.EventSource(LockLostEvent)
 
 
 class RollingOps(ops.Object):
@@ -222,6 +247,14 @@ class RollingOps(ops.Object):
             logger.warning("rollingops rejected %s: %s", rejection.id, rejection.reason)
         over = {r.id for r in view.rejected} | {f.id for f in view.finished}
         requested: dict[str, str] = dict(self._stored.requested)  # type: ignore[reportUnknownArgumentType]
+        for finished in view.finished:
+            if finished.outcome == "lock-lost" and finished.id in requested:
+                logger.warning(
+                    "rollingops lost the lock during %s: %s", finished.id, finished.reason
+                )
+                self.on.lock_lost.emit(
+                    op_id=finished.id, callback=requested[finished.id], reason=finished.reason
+                )
         self._stored.requested = {i: c for i, c in requested.items() if i not in over}
 
     def _deliver(self, grant: Grant) -> None:

@@ -9,6 +9,7 @@ import ops
 import pytest
 from ops import testing
 from rollingops_principal import (
+    LockLostEvent,
     RollingOps,
     RollingOpsError,
     SubordinateBag,
@@ -208,3 +209,23 @@ def test_a_subordinate_speaking_another_protocol_is_ignored(ctx):
     out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
     assert Principal.calls == []
     assert local_list(out, "results") == []
+
+
+def test_a_lost_lock_is_announced_once_and_the_operation_stops_waiting(ctx):
+    rel = relation()
+    out = ctx.run(ctx.on.action("restart"), testing.State(relations={rel}))
+    op_id = ctx.action_results["op"]
+    lost = Finished(id=op_id, outcome="lock-lost", attempts=1, reason="lease revoked")
+    remote = sub(finished=(lost,))
+    ended = relation(local=dict(out.get_relation(rel.id).local_unit_data), remote=remote)
+    state = testing.State(relations={ended}, stored_states=out.stored_states)
+    out = ctx.run(ctx.on.relation_changed(ended, remote_unit=0), state)
+    announced = [e for e in ctx.emitted_events if isinstance(e, LockLostEvent)]
+    assert [(e.op_id, e.callback, e.reason) for e in announced] == [
+        (op_id, "restart", "lease revoked")
+    ]
+    ctx.emitted_events.clear()
+    ctx.run(ctx.on.relation_changed(ended, remote_unit=0), out)
+    assert not [e for e in ctx.emitted_events if isinstance(e, LockLostEvent)]
+    with ctx(ctx.on.update_status(), out) as manager:
+        assert manager.charm.rolling.is_waiting() is False

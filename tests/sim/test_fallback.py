@@ -70,3 +70,23 @@ def test_a_new_leader_takes_over_the_peer_grants(simulate_without_etcd):
     cluster.settle()
     assert len(events(cluster, "start")) == 1
     assert cluster.max_running == 1
+
+
+def test_tokens_keep_rising_when_the_application_returns_to_etcd(simulate):
+    cluster = simulate(3)
+    cluster.etcd.members[0].kill()
+    cluster.request(0)
+    cluster.run_until(lambda: cluster.backend() == "peer", timeout=60)
+    for round_ in range(3):  # many peer grants while etcd's revision stands still
+        for unit in range(3):
+            if (round_, unit) != (0, 0):
+                cluster.request(unit)
+        cluster.run_until(lambda r=round_: len(events(cluster, "end")) == 3 * (r + 1), timeout=90)
+    highest_peer = max(r["token"] for r in events(cluster, "start"))
+    cluster.etcd.members[0].restart()
+    cluster.update_status()
+    cluster.run_until(lambda: cluster.backend() == "etcd", timeout=60)
+    cluster.settle()
+    cluster.request(1)
+    cluster.run_until(lambda: len(events(cluster, "end")) == 10, timeout=60)
+    assert events(cluster, "start")[-1]["token"] > highest_peer
