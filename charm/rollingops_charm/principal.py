@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from rollingops_principal import Finished, Grant, PrincipalBag, SubordinateBag, SubordinateState
 
 from rollingops.backend_choice import Backend
-from rollingops.models import Outcome
 
 from .intake import RESERVED_CALLBACKS
 from .unit_record import UnitRecord

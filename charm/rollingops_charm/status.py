@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import ops
 
 from rollingops.backend_choice import Backend
-from rollingops.models import utcnow
+from rollingops.models import Outcome, utcnow
 
 from .unit_record import UnitRecord
 
@@ -72,6 +72,23 @@ def _setup_problem(inputs: StatusInputs) -> ops.StatusBase | None:
 
 
 def _activity(record: UnitRecord, max_concurrent: int, now: dt.datetime, backend: str) -> str:
+    return _doing(record, max_concurrent, now, backend) + _last_failure(record)
+
+
+def _last_failure(record: UnitRecord) -> str:
+    """The last operation, if it ended because the lock was lost or its hook kept failing.
+
+    An operator must see that an operation may have overlapped another unit's (lock-lost) or
+    never ran (hook-failed); it stays in the status until the next operation ends.
+    """
+    history = record.queue.history
+    if history and history[-1].outcome in (Outcome.LOCK_LOST, Outcome.HOOK_FAILED):
+        last = history[-1]
+        return f"; last op {last.id}: {last.outcome.value}"
+    return ""
+
+
+def _doing(record: UnitRecord, max_concurrent: int, now: dt.datetime, backend: str) -> str:
     queue = record.queue
     if queue.current is not None:
         op = queue.current.operation

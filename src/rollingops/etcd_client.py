@@ -7,7 +7,10 @@ for another client stays behind this module.
 
 Guarantees:
 - every call fails within ``total_timeout`` (default 5 s), whatever the cluster does;
-- only transient failures (unavailable, deadline exceeded) are retried, on the next endpoint;
+- only transient failures (unavailable, deadline exceeded) are retried, on the next endpoint,
+  and one hung endpoint gets only its share of that bound, so the others are still asked;
+- a watch on a member that hangs breaks within ``KEEPALIVE_INTERVAL + PING_TIMEOUT`` (9 s), so
+  the caller re-reads and watches again on another member;
 - no key outside ``prefix`` is ever sent: the client refuses before talking to etcd.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import collections
 import enum
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +33,8 @@ from pyetcd import etcdrpc  # pyright: ignore[reportMissingTypeStubs]
 from pyetcd.etcdrpc import kv_pb2  # pyright: ignore[reportMissingTypeStubs]
 
 _T = TypeVar("_T")
+
+_LEASE_EXISTS = "lease already exists"
 
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # etcd reports some server-side timeouts with status UNKNOWN; only the message tells.
@@ -47,13 +53,40 @@ def _is_transient(error: grpc.RpcError) -> bool:
     return call.code() in _TRANSIENT or any(text in details for text in _TRANSIENT_DETAILS)
 
 
+KEEPALIVE_INTERVAL = 6.0
+"""Seconds between HTTP/2 pings on a connection with an open call (a watch).
+
+etcd's server-side policy (``--grpc-keepalive-min-time``, default 5 s; no pings at all on a
+connection without streams) answers more frequent pings with GOAWAY ``too_many_pings`` where
+grpc-go enforces it; 6 s keeps a margin over the 5 s for scheduling jitter. etcd 3.4.23 and
+3.5.1 behind TLS serve gRPC through Go's HTTP/2 server, which enforces nothing (1 s pings for
+15 s were measured to pass); the margin is for the listeners and builds that do enforce it."""
+PING_TIMEOUT = 3.0
+"""Seconds a ping may go unanswered before the connection, and every watch on it, is dropped.
+
+A frozen (SIGSTOPped, hung) member keeps its TCP connection open, so only an unanswered ping
+tells. A hung member is noticed within ``KEEPALIVE_INTERVAL + PING_TIMEOUT`` = 9 s: measured
+3.2 to 9.0 s over 12 freezes after 0 to 14 s of idling, etcd 3.5.1 and 3.4.23 (with grpc's
+defaults, never during a 40 s freeze). A false alarm on a slow but live member costs one re-read
+and a new watch on another member."""
+
 _CHANNEL_OPTIONS = (
-    # Notice a dead or frozen member on an open stream (watch) within ~15 s; etcd accepts
-    # pings every 5 s or slower.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_time_ms", int(KEEPALIVE_INTERVAL * 1000)),
+    # grpcio 1.85 times an outstanding keepalive ping with this, not keepalive_timeout_ms (its
+    # trace shows "ping timeout timer of 60000ms" whatever keepalive_timeout_ms says).
+    ("grpc.http2.ping_timeout_ms", int(PING_TIMEOUT * 1000)),
+    ("grpc.keepalive_timeout_ms", int(PING_TIMEOUT * 1000)),
+    # An idle watch sends no data; with the default (2) pings stop after the second one, so a
+    # member that froze later was never noticed.
+    ("grpc.http2.max_pings_without_data", 0),
+    # Ping only while a call is open: unary calls have their own deadlines, and etcd's policy
+    # (PermitWithoutStream false) counts pings on a connection without streams as abuse.
+    ("grpc.keepalive_permit_without_calls", 0),
 )
+MIN_ATTEMPT_TIMEOUT = 0.25
+"""Floor of one attempt's deadline when a call's budget is shared between endpoints: a healthy
+member answers on a fresh TLS connection well within it, so a shared budget never starves the
+attempt that would have succeeded."""
 # Cancels a watch when its member loses the raft leader, so a partitioned member cannot keep a
 # waiter listening to a cluster that has moved on.
 _WATCH_METADATA = (("hasleader", "true"),)
@@ -294,17 +327,33 @@ class EtcdClient:
             raise OutsidePrefixError(f"key {key!r} is outside prefix {self.prefix!r}")
         return key
 
+    @property
+    def endpoint(self) -> str:
+        """The ``host:port`` that the next call and the next watch go to."""
+        with self._lock:
+            return self._endpoints[self._current].address
+
     def _call(self, method: str, call: Callable[[_Endpoint, float], _T]) -> _T:
-        """Run ``call`` on the current endpoint, failing over on transient errors, bounded."""
+        """Run ``call`` on the current endpoint, failing over on transient errors, bounded.
+
+        The budget is shared: an attempt may take no more than its share of what is left among
+        the endpoints not yet tried in this call, so one hung member cannot eat a hook's whole
+        2 s budget before the healthy ones are asked.
+        """
         deadline = time.monotonic() + self.settings.total_timeout
         backoff = 0.05
         last: grpc.RpcError | None = None
+        tried: set[int] = set()
         while (remaining := deadline - time.monotonic()) > 0:
             with self._lock:
-                endpoint = self._endpoints[self._current]
+                index = self._current
+                endpoint = self._endpoints[index]
+            untried = len(self._endpoints) - len(tried - {index})
+            timeout = attempt_timeout(self.settings.call_timeout, remaining, untried)
+            tried.add(index)
             self.requests[method] += 1
             try:
-                return call(endpoint, min(self.settings.call_timeout, remaining))
+                return call(endpoint, timeout)
             except grpc.RpcError as error:
                 if not _is_transient(error):
                     raise _translate(method, error) from error
@@ -374,12 +423,32 @@ class EtcdClient:
     # -- leases -----------------------------------------------------------------------------
 
     def grant_lease(self, ttl: int) -> int:
-        """Create a lease of ``ttl`` seconds; return its id."""
-        request = etcdrpc.LeaseGrantRequest(TTL=ttl)
-        response = self._call("lease_grant", lambda ep, t: ep.lease.LeaseGrant(request, timeout=t))
-        if response.error:
-            raise EtcdError(f"lease grant refused: {response.error}")
-        return response.ID
+        """Create a lease of ``ttl`` seconds under a random id of our choosing; return the id.
+
+        etcd's own ids are sequential (two grants differ by 2), so any client could guess the
+        next one. A random 63-bit id cannot be guessed, though etcd lists every lease to every
+        user anyway (docs/lease-isolation.md). Choosing the id also makes a retry idempotent:
+        when an attempt that timed out had in fact been applied, the retry finds the lease
+        already there, and that lease is ours, not a second one left to leak until its TTL.
+        The caller must count the TTL from before this call, since a retry may answer later.
+        """
+        request = etcdrpc.LeaseGrantRequest(TTL=ttl, ID=random_lease_id())
+        attempts = 0
+
+        def grant(endpoint: _Endpoint, timeout: float) -> int:
+            nonlocal attempts
+            attempts += 1
+            try:
+                response = endpoint.lease.LeaseGrant(request, timeout=timeout)
+            except grpc.RpcError as error:
+                if attempts > 1 and _LEASE_EXISTS in (cast("grpc.Call", error).details() or ""):
+                    return request.ID
+                raise
+            if response.error:
+                raise EtcdError(f"lease grant refused: {response.error}")
+            return response.ID
+
+        return self._call("lease_grant", grant)
 
     def keep_alive(self, lease_id: int) -> int:
         """Refresh a lease once; return its remaining TTL (0 or less: it has expired)."""
@@ -429,6 +498,26 @@ class EtcdClient:
             endpoint = self._endpoints[self._current]
         self.requests["watch"] += len(requests)
         return WatchStream(endpoint.watch, requests, lambda: self._fail_over(endpoint))
+
+
+def attempt_timeout(call_timeout: float, remaining: float, untried: int) -> float:
+    """Deadline of the next attempt of a call: its share of the budget left.
+
+    ``untried`` counts the endpoints, the next one included, that this call has not asked yet;
+    once every endpoint has been tried, an attempt may use all that is left. The share never
+    goes under ``MIN_ATTEMPT_TIMEOUT`` (unless the budget itself is smaller), nor over
+    ``call_timeout``.
+    """
+    share = remaining / untried if untried > 1 else remaining
+    return min(call_timeout, remaining, max(share, MIN_ATTEMPT_TIMEOUT))
+
+
+def random_lease_id() -> int:
+    """A lease id nobody can guess: 63 random bits, never 0.
+
+    etcd ids are positive int64; 0 would ask etcd to choose one.
+    """
+    return secrets.randbits(63) or 1
 
 
 def _watch_create(
@@ -506,7 +595,10 @@ class WatchStream:
         etcd adds to a watch that starts from a past revision.
         """
         if not self._created.wait(timeout):
+            # A member that never acknowledges is as good as hung: the next watch and the next
+            # call go to another one, instead of waiting on it again.
             self.close()
+            self._on_broken()
             raise WatchBrokenError(f"watch not created within {timeout}s")
         if self._error is not None:
             raise self._error

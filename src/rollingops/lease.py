@@ -34,8 +34,11 @@ class Lease:
         self._client = client
         self.ttl = ttl
         self._on_lost = on_lost
+        # Counted from before the grant: a retried grant may confirm a lease that etcd granted
+        # (and started to count down) at the first attempt, up to a whole call bound earlier.
+        sent = time.monotonic()
         self.id = client.grant_lease(ttl)
-        self._expires = time.monotonic() + ttl
+        self._expires = sent + ttl
         self._stop = threading.Event()
         self._lost_reason = ""
         self.lost = threading.Event()

@@ -33,7 +33,7 @@ from rollingops.certificates import (
     is_signed_by,
 )
 from rollingops.etcd_client import EtcdClient
-from rollingops.models import OperationResult, utcnow
+from rollingops.models import OperationResult, Outcome, utcnow
 from rollingops.worker_config import WorkerConfig
 
 
@@ -273,3 +273,19 @@ def test_a_unit_keeps_its_working_pair_while_the_secret_is_unusable(
     out = ctx.run(ctx.on.upgrade_charm(), follower)
     assert ("remove", False) not in supervisor.calls[calls:]
     assert out.unit_status == testing.ActiveStatus("idle (etcd, max-concurrent 1)")
+
+
+def test_a_lost_lock_shows_in_status_and_reaches_the_principal(ctx, supervisor, wired):
+    out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
+    now = utcnow()
+    update_etcd_queue(
+        wired, lambda q: q.claim(5, now).abandon(Outcome.LOCK_LOST, "lease revoked", now)
+    )
+    out = ctx.run(ctx.on.update_status(), out)
+    assert out.unit_status == testing.ActiveStatus(
+        "idle (etcd, max-concurrent 1); last op op1: lock-lost"
+    )
+    finished = json.loads(out.get_relations("rollingops")[0].local_unit_data["finished"])
+    assert finished == [
+        {"id": "op1", "outcome": "lock-lost", "attempts": 1, "reason": "lease revoked"}
+    ]

@@ -9,6 +9,7 @@ from etcd_helpers import operation, settings_for
 from test_worker import HOSTILE_KWARGS
 
 from rollingops.etcd_client import (
+    MIN_ATTEMPT_TIMEOUT,
     Compare,
     EtcdClient,
     EtcdPermissionError,
@@ -16,6 +17,7 @@ from rollingops.etcd_client import (
     EventKind,
     Op,
     OutsidePrefixError,
+    attempt_timeout,
 )
 from rollingops.store import OperationStore
 
@@ -59,6 +61,21 @@ def test_every_call_fails_within_its_bound_when_etcd_is_frozen(etcd):
                 assert time.monotonic() - started < bound + 1.0
         finally:
             etcd.members[0].resume()
+
+
+@pytest.mark.parametrize(
+    ("remaining", "untried", "expected"),
+    [
+        (2.0, 3, 2.0 / 3),  # a hook's 2 s over 3 endpoints: a hung first one takes a third
+        (1.28, 2, 0.64),  # what is left, over the two not yet asked
+        (1.28, 1, 1.28),  # every endpoint asked: the rest of the budget
+        (5.0, 1, 2.0),  # never more than call_timeout
+        (0.6, 3, MIN_ATTEMPT_TIMEOUT),  # a share too small to answer in is raised to the floor
+        (0.1, 3, 0.1),  # but never past the call's own bound
+    ],
+)
+def test_an_attempt_gets_its_share_of_the_budget_left(remaining, untried, expected):
+    assert attempt_timeout(2.0, remaining, untried) == pytest.approx(expected)
 
 
 def test_transaction_compare_and_swap(client):

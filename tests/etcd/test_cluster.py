@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from etcd_helpers import operation, settings_for, wait_until
+from test_liveness_hung_member import follower, frozen, pinned
 from test_worker import events, finished
 
 from rollingops.etcd_client import EtcdClient
@@ -46,3 +47,21 @@ def test_quorum_lost_worker_reports_failure_within_its_deadline_then_recovers(
         cluster_farm.enqueue(client, "app/0", operation("after"))
         (entry,) = finished(cluster_farm, client, "app/0", 1)
     assert entry.id == "after"
+
+
+def test_a_hook_reaches_etcd_within_its_2s_bound_when_the_first_endpoint_is_frozen(etcd_cluster):
+    """Charm hooks get 2 s per call (``HOOK_ETCD_BOUND``); a hung first endpoint used to take
+    all of it. Now each attempt gets a share of what is left, and the client stays away from
+    the hung endpoint afterwards."""
+    member = follower(etcd_cluster)
+    key = etcd_cluster.prefix + "hook"
+    with frozen(member), EtcdClient(pinned(etcd_cluster, member, total_timeout=2.0)) as client:
+        assert client.settings.call_timeout == 2.0
+        client.put(key, b"written by a hook")
+        value, _ = client.get(key)
+        assert value is not None
+        assert value.value == b"written by a hook"
+        assert client.endpoint != member.endpoint
+        sent = client.requests.total()
+        client.get(key)
+        assert client.requests.total() == sent + 1

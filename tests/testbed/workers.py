@@ -94,13 +94,18 @@ class WorkerFarm:
             "JUJU_CONTEXT_ID": "must-be-removed",
         }
 
-    def start(self, unit: str, **overrides: Any) -> subprocess.Popen[bytes]:
+    def start(
+        self, unit: str, *, new_session: bool = False, **overrides: Any
+    ) -> subprocess.Popen[bytes]:
+        """Start the unit's worker; ``new_session`` puts it (and the hooks it fires) in a process
+        group of its own, so one signal to the group reaches all of them, as on a machine."""
         self.write_config(unit, **overrides)
         path = self.configs / f"{unit.replace('/', '-')}.json"
         process = subprocess.Popen(
             [sys.executable, "-m", "rollingops.worker", "--config", str(path)],
             env={**os.environ, **self.env()},
             stdin=subprocess.DEVNULL,
+            start_new_session=new_session,
         )
         self.processes[unit] = process
         return process

@@ -1,0 +1,132 @@
+"""Verdicts over what a chaos run recorded: holds, tokens, lock losses and the fate of every op.
+
+Input is plain data (what the fake charm and the workers wrote), so the checker is tested on its
+own with made-up histories (``test_checker.py``) before it judges real runs.
+
+- A **hold** is one run of an operation's callback: unit, op, attempt, token, start and end.
+- Two holds **overlap** when both ran at one instant with k already running. An overlap is
+  **excused** when the earlier holder lost its lock and was told so (its worker logged
+  ``lock-lost``) and holds the older fencing token: the protected resource can refuse it.
+  Anything else is a **violation**.
+- Tokens must strictly increase in grant order within the domain.
+- Every requested op must end exactly once (an outcome in its unit's history), and never start
+  twice for the same attempt unless the first run lost its lock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Hold:
+    """One run of a callback, as the fake charm recorded it."""
+
+    unit: str
+    op: str
+    attempt: int
+    token: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a run shows; ``ok`` only without violations, lost or doubled ops."""
+
+    holds: int
+    overlaps_excused: list[tuple[Hold, Hold]] = field(default_factory=list[tuple[Hold, Hold]])
+    violations: list[str] = field(default_factory=list[str])
+    lost: list[str] = field(default_factory=list[str])
+    doubled: list[str] = field(default_factory=list[str])
+    token_regressions: list[str] = field(default_factory=list[str])
+
+    @property
+    def ok(self) -> bool:
+        return not (self.violations or self.lost or self.doubled or self.token_regressions)
+
+    def summary(self) -> str:
+        return (
+            f"{self.holds} holds, {len(self.overlaps_excused)} excused overlaps, "
+            f"{len(self.violations)} violations, {len(self.lost)} lost, "
+            f"{len(self.doubled)} run twice, {len(self.token_regressions)} token regressions"
+        )
+
+
+def _lost_lock(hold: Hold, lock_lost: dict[str, list[float]]) -> bool:
+    """Whether the holder's worker said it lost the lock at or after the hold began."""
+    return any(ts >= hold.start for ts in lock_lost.get(hold.unit, []))
+
+
+def overlaps(
+    holds: list[Hold], capacity: int, lock_lost: dict[str, list[float]]
+) -> tuple[list[tuple[Hold, Hold]], list[str]]:
+    """Excused overlaps and violations: a hold that starts while ``capacity`` others run."""
+    excused: list[tuple[Hold, Hold]] = []
+    violations: list[str] = []
+    ordered = sorted(holds, key=lambda h: h.start)
+    for index, hold in enumerate(ordered):
+        running = [h for h in ordered[:index] if h.end > hold.start]
+        if len(running) < capacity:
+            continue
+        guilty = [h for h in running if not (_lost_lock(h, lock_lost) and h.token < hold.token)]
+        if len(guilty) < capacity:
+            excused.extend((h, hold) for h in running if h not in guilty)
+            continue
+        violations.append(
+            f"{hold.unit} op {hold.op} (token {hold.token}) started at {hold.start:.3f} while "
+            + ", ".join(f"{h.unit} op {h.op} (token {h.token})" for h in running)
+            + " ran"
+        )
+    return excused, violations
+
+
+def token_regressions(holds: list[Hold]) -> list[str]:
+    """First starts of grants whose token is not above every earlier grant's."""
+    first_seen: dict[tuple[str, int], Hold] = {}
+    for hold in sorted(holds, key=lambda h: h.start):
+        first_seen.setdefault((hold.unit, hold.token), hold)
+    regressions: list[str] = []
+    highest = 0
+    for hold in sorted(first_seen.values(), key=lambda h: h.start):
+        if hold.token <= highest:
+            regressions.append(f"{hold.unit} op {hold.op}: token {hold.token} after {highest}")
+        highest = max(highest, hold.token)
+    return regressions
+
+
+def judge(
+    holds: list[Hold],
+    capacity: int,
+    lock_lost: dict[str, list[float]],
+    requested: set[str],
+    outcomes: dict[str, list[str]],
+) -> Verdict:
+    """The verdict on one run.
+
+    ``requested``: every op id asked for; ``outcomes``: op id -> outcomes found in histories.
+    """
+    excused, violations = overlaps(holds, capacity, lock_lost)
+    lost = sorted(op for op in requested if not outcomes.get(op))
+    ended_twice = [op for op, found in outcomes.items() if len(found) > 1]
+    starts = Counter((h.op, h.attempt) for h in holds)
+    repeated = [
+        f"{op} attempt {attempt} started {count} times"
+        for (op, attempt), count in starts.items()
+        if count > 1 and not _excused_repeat(op, holds, lock_lost)
+    ]
+    return Verdict(
+        holds=len(holds),
+        overlaps_excused=excused,
+        violations=violations,
+        lost=lost,
+        doubled=sorted(ended_twice) + sorted(repeated),
+        token_regressions=token_regressions(holds),
+    )
+
+
+def _excused_repeat(op: str, holds: list[Hold], lock_lost: dict[str, list[float]]) -> bool:
+    """A second start is fine only if every earlier run of the op lost its lock."""
+    runs = sorted((h for h in holds if h.op == op), key=lambda h: h.start)
+    return all(_lost_lock(h, lock_lost) for h in runs[:-1])

@@ -1,0 +1,88 @@
+"""The chaos checker on made-up histories: it must see what it is there to see."""
+
+from __future__ import annotations
+
+from checker import Hold, judge, overlaps, token_regressions
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def hold(unit: str, op: str, token: int, start: float, end: float, attempt: int = 1) -> Hold:
+    return Hold(unit, op, attempt, token, start, end)
+
+
+def test_sequential_holds_pass():
+    holds = [hold("a", "1", 1, 0, 1), hold("b", "2", 2, 1, 2), hold("a", "3", 3, 2.5, 3)]
+    verdict = judge(holds, 1, {}, {"1", "2", "3"}, {"1": ["done"], "2": ["done"], "3": ["done"]})
+    assert verdict.ok, verdict.summary()
+
+
+def test_an_overlap_without_a_lost_lock_is_a_violation():
+    holds = [hold("a", "1", 1, 0, 2), hold("b", "2", 2, 1, 3)]
+    excused, violations = overlaps(holds, 1, {})
+    assert not excused
+    assert len(violations) == 1
+
+
+def test_an_overlap_is_excused_only_for_an_older_holder_told_of_its_loss():
+    holds = [hold("a", "1", 1, 0, 2), hold("b", "2", 2, 1, 3)]
+    excused, violations = overlaps(holds, 1, {"a": [1.5]})
+    assert (excused, violations) == ([(holds[0], holds[1])], [])
+    _, violations = overlaps(holds, 1, {"a": [-1.0]})  # told before it even started
+    assert violations
+    newer = [hold("a", "1", 5, 0, 2), hold("b", "2", 2, 1, 3)]
+    _, violations = overlaps(newer, 1, {"a": [1.5]})  # a newer token is never excused
+    assert violations
+
+
+def test_k_holders_may_overlap_but_not_k_plus_one():
+    two = [hold("a", "1", 1, 0, 2), hold("b", "2", 2, 1, 3)]
+    assert overlaps(two, 2, {}) == ([], [])
+    three = [*two, hold("c", "3", 3, 1.5, 4)]
+    assert len(overlaps(three, 2, {})[1]) == 1
+
+
+def test_lost_and_doubled_operations_are_counted():
+    holds = [hold("a", "1", 1, 0, 1), hold("a", "1", 2, 2, 3)]
+    verdict = judge(holds, 1, {}, {"1", "2"}, {"1": ["done", "done"]})
+    assert verdict.lost == ["2"]
+    assert "1" in verdict.doubled
+    assert not verdict.ok
+
+
+def test_a_rerun_after_a_lost_lock_is_not_doubled():
+    holds = [hold("a", "1", 1, 0, 1), hold("a", "1", 2, 2, 3)]
+    verdict = judge(holds, 1, {"a": [0.5]}, {"1"}, {"1": ["done"]})
+    assert verdict.doubled == []
+
+
+def test_token_regressions_are_found():
+    holds = [hold("a", "1", 5, 0, 1), hold("b", "2", 3, 2, 3)]
+    assert token_regressions(holds) == ["b op 2: token 3 after 5"]
+
+
+@given(st.lists(st.floats(min_value=0.01, max_value=5), min_size=1, max_size=20))
+def test_any_back_to_back_schedule_with_rising_tokens_passes(durations):
+    holds, clock = [], 0.0
+    for index, duration in enumerate(durations):
+        holds.append(hold(f"u{index % 3}", str(index), index + 1, clock, clock + duration))
+        clock += duration
+    ops = {str(i) for i in range(len(durations))}
+    verdict = judge(holds, 1, {}, ops, {op: ["done"] for op in ops})
+    assert verdict.ok, verdict.summary()
+
+
+@given(
+    st.lists(st.floats(min_value=0.1, max_value=5), min_size=2, max_size=10),
+    st.data(),
+)
+def test_shifting_any_hold_into_its_predecessor_is_caught(durations, data):
+    holds, clock = [], 0.0
+    for index, duration in enumerate(durations):
+        holds.append(hold(f"u{index}", str(index), index + 1, clock, clock + duration))
+        clock += duration
+    victim = data.draw(st.integers(min_value=1, max_value=len(holds) - 1))
+    moved = holds[victim]
+    earlier = holds[victim - 1]
+    holds[victim] = Hold(moved.unit, moved.op, 1, moved.token, earlier.start + 0.01, moved.end)
+    assert overlaps(holds, 1, {})[1]
