@@ -51,6 +51,7 @@ from .store import (
 from .worker_config import WorkerConfig
 
 EXIT_ETCD_FAILED = 3
+EXIT_BAD_CONFIG = 2
 _RETRY_PAUSE = 0.5
 _HOOK_BACKOFF_FIRST = 1.0
 _HOOK_BACKOFF_MAX = 30.0
@@ -496,7 +497,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rollingops.worker")
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
-    config = WorkerConfig.load(args.config)
+    try:
+        config = WorkerConfig.load(args.config)
+    except (OSError, ValueError) as error:
+        return _refuse(f"cannot use config {args.config}: {error}")
     configure_logging(config)
     stop = threading.Event()
 
@@ -505,7 +509,18 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    return Worker(config, stop).run()
+    try:
+        worker = Worker(config, stop)
+    except (OSError, ValueError) as error:  # credential files unreadable or not PEM
+        record("credentials-unusable", error=str(error))
+        return _refuse(f"cannot use the credential files of {args.config}: {error}")
+    return worker.run()
+
+
+def _refuse(message: str) -> int:
+    """A clear one-line reason on stderr (the service's journal), not a traceback."""
+    print(f"rollingops.worker: {message}", file=sys.stderr)
+    return EXIT_BAD_CONFIG
 
 
 if __name__ == "__main__":
