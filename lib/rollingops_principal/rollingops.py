@@ -14,6 +14,7 @@ emitted and the charm calls ``finish`` when it is done (in that hook or a later 
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import logging
 import secrets
@@ -83,6 +84,10 @@ class LockGrantedEvent(ops.EventBase):
         self.token = snapshot["token"]
 
 
+TOKEN_ARGUMENT = "token"
+"""The keyword under which a callback that asks for it receives the grant's fencing token."""
+
+
 class LockLostEvent(ops.EventBase):
     """One of our operations ended because the subordinate lost the lock while it ran.
 
@@ -147,6 +152,12 @@ class RollingOps(ops.Object):
         the request is invalid (bad callback name, kwargs not JSON or too large, too many
         requests waiting).
         """
+        target = self._callbacks.get(callback)
+        if target is not None and TOKEN_ARGUMENT in (kwargs or {}) and _takes_token(target):
+            raise RollingOpsError(
+                f"kwargs may not use {TOKEN_ARGUMENT!r}: callback {callback!r} receives the "
+                "fencing token under that name"
+            )
         bag = self._bag()
         requests = self._untaken(_load(bag, "requests"))
         if len(requests) >= MAX_REQUESTS:
@@ -274,12 +285,28 @@ class RollingOps(ops.Object):
                 token=grant.token,
             )
             return
+        arguments = dict(grant.kwargs)
+        if _takes_token(callback):
+            arguments[TOKEN_ARGUMENT] = grant.token
         try:
-            result = callback(**grant.kwargs) or "release"
+            result = callback(**arguments) or "release"
         except Exception:
             logger.exception("rollingops callback %s failed: retry-release", grant.callback)
             result = "retry-release"
         self.finish(grant.id, result)
+
+
+def _takes_token(callback: Callback) -> bool:
+    """Whether the callback names a ``token`` parameter: it then gets the fencing token.
+
+    A callback that protects a resource able to refuse stale holders should pass the token on;
+    one that does not name it is called with the request's kwargs alone, as before.
+    """
+    try:
+        parameters = inspect.signature(callback).parameters
+    except (TypeError, ValueError):
+        return False
+    return TOKEN_ARGUMENT in parameters
 
 
 def _now() -> dt.datetime:

@@ -30,7 +30,9 @@ class Principal(ops.CharmBase):
 
     def __init__(self, framework: ops.Framework) -> None:
         super().__init__(framework)
-        self.rolling = RollingOps(self, callbacks={"restart": self._restart})
+        self.rolling = RollingOps(
+            self, callbacks={"restart": self._restart, "fenced": self._fenced}
+        )
         framework.observe(self.rolling.on.lock_granted, self._on_granted)
         framework.observe(self.on.restart_action, self._on_action)
 
@@ -39,6 +41,9 @@ class Principal(ops.CharmBase):
         if isinstance(Principal.outcome, Exception):
             raise Principal.outcome
         return Principal.outcome
+
+    def _fenced(self, token: int, **kwargs: Any) -> None:
+        Principal.calls.append({"token": token, **kwargs})
 
     def _on_granted(self, event: Any) -> None:
         Principal.calls.append({"event": event.op_id, "token": event.token})
@@ -229,3 +234,17 @@ def test_a_lost_lock_is_announced_once_and_the_operation_stops_waiting(ctx):
     assert not [e for e in ctx.emitted_events if isinstance(e, LockLostEvent)]
     with ctx(ctx.on.update_status(), out) as manager:
         assert manager.charm.rolling.is_waiting() is False
+
+
+def test_a_callback_that_names_token_receives_the_fencing_token(ctx):
+    rel = relation(remote=sub(grant("f", callback="fenced", size=3)))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    assert Principal.calls == [{"token": 77, "size": 3}]
+    assert local_list(out, "results")[0]["result"] == "release"
+
+
+def test_kwargs_cannot_shadow_the_token_of_a_callback_that_takes_it(ctx):
+    rel = relation()
+    params = {"callback": "fenced", "kwargs": json.dumps({"token": 1})}
+    with pytest.raises(testing.errors.UncaughtCharmError, match="receives the fencing token"):
+        ctx.run(ctx.on.action("restart", params=params), testing.State(relations={rel}))
