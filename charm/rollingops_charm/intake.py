@@ -16,7 +16,7 @@ from rollingops_principal.protocol import MAX_REQUESTS
 
 from rollingops.backend_choice import Backend
 from rollingops.models import Operation, OperationResult, UnitQueue, utcnow
-from rollingops.peer_scheduler import PeerGrant
+from rollingops.peer_scheduler import PeerGrant, is_claimable
 
 from .unit_record import UnitRecord
 
@@ -198,10 +198,7 @@ def local_sync(
     finished = queue.current is not None and queue.current.result is not None
     if finished:
         queue, _kept = queue.finish(now)
-    elif backend is Backend.PEER and grant is not None and _claimable(queue, grant):
+    elif backend is Backend.PEER and grant is not None and is_claimable(grant, queue):
         queue = queue.claim(grant.token, now)
     return absorb(record, queue, intake, applied).model_copy(update={"last_backend": backend})
 
-
-def _claimable(queue: UnitQueue, grant: PeerGrant) -> bool:
-    return queue.current is None and bool(queue.pending) and queue.pending[0].id == grant.op_id

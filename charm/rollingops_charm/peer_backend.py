@@ -2,7 +2,7 @@
 
 Peer application bag (the leader writes):
 - ``backend``: ``{"backend": "etcd"|"peer"|"none", "epoch": N, "reason": "...", "since": ...}``;
-- ``grants``: ``{unit: {"op-id": ..., "token": N}}`` under the peer backend;
+- ``grants``: ``{unit: {"op-id": ..., "token": N, "attempt": A}}`` under the peer backend;
 - ``next-token``: the next fencing token the leader hands out.
 
 Peer unit bag (each unit writes its own):
@@ -91,7 +91,10 @@ def read(relation: ops.Relation, app: ops.Application, me: ops.Unit) -> PeerView
 def _schedule(app_bag: Mapping[str, str]) -> Schedule | None:
     try:
         raw = json.loads(app_bag.get("grants") or "{}")
-        grants = {unit: PeerGrant(unit, g["op-id"], int(g["token"])) for unit, g in raw.items()}
+        grants = {
+            unit: PeerGrant(unit, g["op-id"], int(g["token"]), int(g.get("attempt", 0)))
+            for unit, g in raw.items()
+        }
         return Schedule(grants, int(app_bag.get("next-token") or 1))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -104,7 +107,10 @@ def write_decision(relation: ops.Relation, app: ops.Application, decision: Decis
 
 def write_schedule(relation: ops.Relation, app: ops.Application, schedule: Schedule) -> None:
     """Leader: publish the grants (only when they changed, to spare everyone a hook)."""
-    grants = {u: {"op-id": g.op_id, "token": g.token} for u, g in sorted(schedule.grants.items())}
+    grants = {
+        u: {"op-id": g.op_id, "token": g.token, "attempt": g.attempt}
+        for u, g in sorted(schedule.grants.items())
+    }
     bag = relation.data[app]
     new = {"grants": json.dumps(grants), "next-token": str(schedule.next_token)}
     if any(bag.get(key, "") != value for key, value in new.items()):

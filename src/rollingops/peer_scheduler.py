@@ -32,6 +32,9 @@ class PeerGrant:
     unit: str
     op_id: str
     token: int
+    attempt: int = 0
+    """The operation's attempt count when granted: once claimed and released for a retry, the
+    same operation waits again with a higher count, and this grant no longer stands."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,22 @@ class Schedule:
 
 
 def _still_needed(grant: PeerGrant, queue: UnitQueue) -> bool:
-    """A grant stands while its operation runs, or waits at the head to be claimed."""
+    """A grant stands while its operation runs, or waits at the head to be claimed.
+
+    Not once the operation ran and was released to retry (``retry-release``): it then waits
+    at the head again, but with a higher attempt count, behind every first-time request.
+    """
     if queue.current is not None:
         return queue.current.operation.id == grant.op_id
-    return bool(queue.pending) and queue.pending[0].id == grant.op_id
+    return is_claimable(grant, queue)
+
+
+def is_claimable(grant: PeerGrant, queue: UnitQueue) -> bool:
+    """Whether ``queue`` may claim ``grant`` now: the granted attempt waits at its head."""
+    if queue.current is not None or not queue.pending:
+        return False
+    head = queue.pending[0]
+    return head.id == grant.op_id and head.attempt == grant.attempt
 
 
 def _priority(op: Operation) -> tuple[int, object, str]:
@@ -75,7 +90,8 @@ def schedule(
         key=lambda unit: (_priority(queues[unit].pending[0]), unit),
     )
     for unit in waiting[: max(capacity - len(kept), 0)]:
-        kept[unit] = PeerGrant(unit, queues[unit].pending[0].id, next_token)
+        head = queues[unit].pending[0]
+        kept[unit] = PeerGrant(unit, head.id, next_token, head.attempt)
         next_token += 1
     return Schedule(kept, next_token)
 

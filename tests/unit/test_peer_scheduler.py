@@ -57,6 +57,21 @@ def test_first_time_requests_before_retries_oldest_first():
     assert order == ["early", "late", "r"]
 
 
+def test_a_retry_release_gives_the_lock_to_a_waiting_first_time_request():
+    """From the state the leader really has: its own grant still published for the op that
+    ran and came back to the head of its queue with ``retry-release``."""
+    queues = {"app/0": UnitQueue().enqueue(op("r", 0)), "app/1": UnitQueue().enqueue(op("w", 1))}
+    first = schedule(queues, {}, capacity=1, next_token=1)
+    assert set(first.grants) == {"app/0"}
+    ran = queues["app/0"].claim(first.grants["app/0"].token, T0)
+    released = ran.report("r", OperationResult.RETRY_RELEASE).finish(T0)[0]
+    assert released.pending[0].id == "r"  # back at the head, one attempt later
+    queues = {**queues, "app/0": released}
+    second = schedule(queues, first.grants, capacity=1, next_token=first.next_token)
+    assert set(second.grants) == {"app/1"}
+    assert second.grants["app/1"].token > first.grants["app/0"].token
+
+
 def test_departed_units_lose_their_grant():
     queues = {"app/1": UnitQueue().enqueue(op("b", 1))}
     stale = {"app/0": PeerGrant("app/0", "a", 5)}
