@@ -90,7 +90,7 @@ def subordinate_bag(record: UnitRecord, backend: Backend | None) -> SubordinateB
                 attempt=op.attempt,
                 token=grant.token,
                 granted_at=grant.granted_at,
-                backend="etcd",
+                backend="peer" if backend is Backend.PEER else "etcd",
             )
     # The operator's run-exclusive operations share the queue but are not the principal's:
     # it is told nothing of them, so it has no id to forge a result for.

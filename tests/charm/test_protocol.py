@@ -266,3 +266,12 @@ def test_failing_exclusive_command_asks_for_a_retry(ctx, supervisor, wired):
     current = etcd_queue(wired).current
     assert current is not None
     assert current.result is OperationResult.RETRY_RELEASE
+
+
+def test_a_peer_grant_says_it_came_from_the_peer_backend(ctx, supervisor):
+    principal = principal_relation(requests=[request("op1")])
+    state = testing.State(leader=True, relations={peer(), principal})
+    out = ctx.run(ctx.on.relation_changed(principal, remote_unit=0), state)
+    out = ctx.run(ctx.on.update_status(), out)
+    granted = sub_bag(out)["granted"]
+    assert (granted["id"], granted["backend"]) == ("op1", "peer")
