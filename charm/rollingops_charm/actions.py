@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import ops
 from pydantic import JsonValue
 
+from rollingops.backend_choice import Backend
 from rollingops.command import to_argv
 from rollingops.etcd_client import EtcdClient, EtcdError
 from rollingops.models import Grant as EngineGrant
@@ -130,6 +131,25 @@ def history(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
     )
 
 
+def _queue_here(charm: RollingOpsCharm, event: ops.ActionEvent, op: Operation) -> bool | None:
+    """Off etcd, the unit's record is its queue: the operation goes there.
+
+    The peer backend publishes it from there, and a return to etcd copies the record's queue
+    into etcd, so it is never lost across a switch.
+    """
+    record = charm.load_record()
+    if record is None:
+        event.fail("the unit record is unreadable: nothing queued")
+        return None
+    try:
+        queue = record.queue.enqueue(op)
+    except ValueError as error:  # full, duplicate id
+        event.fail(str(error))
+        return None
+    charm.save_record(record.model_copy(update={"queue": queue}))
+    return True
+
+
 def _with_etcd(
     charm: RollingOpsCharm, event: ops.ActionEvent, use: Callable[[EtcdClient], _T]
 ) -> _T | None:
@@ -208,6 +228,11 @@ def run_exclusive(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
         max_retry=int(event.params.get("max-retry", 0)),
         requested_at=utcnow(),
     )
-    queued = _with_etcd(charm, event, lambda c: charm.store(c).update(lambda q: q.enqueue(op)))
+    if charm.backend() is Backend.ETCD:
+        queued = _with_etcd(
+            charm, event, lambda c: charm.store(c).update(lambda q: q.enqueue(op))
+        )
+    else:
+        queued = _queue_here(charm, event, op)
     if queued is not None:
         event.set_results({"op": op.id, "queued": True, "argv": " ".join(argv)})

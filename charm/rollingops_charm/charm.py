@@ -432,6 +432,10 @@ class RollingOpsCharm(ops.CharmBase):
         else:
             grants = peer[1].schedule.grants if peer else {}
             record = local_sync(record, self.principal.read(), backend, grants.get(self.unit.name))
+            queue, run = exclusive.run_here(record.queue)
+            if run is not None:
+                runs = (*record.exclusive_runs, run)
+                record = record.model_copy(update={"queue": queue, "exclusive_runs": runs})
             if peer is not None:
                 peer_backend.write_queue(peer[0], self.unit, record.queue, epoch)
             if probe and settings is not None and self._etcd_reachable(settings):

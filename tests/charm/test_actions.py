@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from charm_helpers import UNIT, peer, principal_relation, record_of, request
+from charm_helpers import UNIT, peer, principal_relation, record_of, request, worker_hook
 from ops import testing
 from test_protocol import changed, etcd_queue, finish, update_etcd_queue
 from testbed.workers import DOMAIN, settings_for
@@ -134,3 +134,20 @@ def test_actions_needing_etcd_fail_without_it(ctx, supervisor, action, params):
             ctx.on.action(action, params=params), testing.State(leader=True, relations={peer()})
         )
     assert failed.value.message.startswith("etcd is not available")
+
+
+def test_run_exclusive_during_peer_fallback_runs_once_and_is_not_lost(ctx, supervisor, wired):
+    wired.cluster.members[0].kill()
+    out = ctx.run(worker_hook("rollingops_etcd_failed"), wired.state(peer(), leader=True))
+    assert out.unit_status.message.startswith("peer fallback since ")
+    out = ctx.run(ctx.on.action("run-exclusive", params={"command": "true"}), out)
+    op = (ctx.action_results or {})["op"]
+    wired.cluster.members[0].restart()
+    for _ in range(4):  # the peer grants and runs it; the leader probes etcd and returns
+        out = ctx.run(ctx.on.update_status(), out)
+    record = record_of(out)
+    assert [run.id for run in record.exclusive_runs] == [op]
+    assert record.exclusive_runs[0].exit_code == 0
+    assert [(e.id, e.outcome.value) for e in record.queue.history] == [(op, "done")]
+    assert not out.unit_status.message.startswith("peer fallback"), out.unit_status
+    assert op not in {o.id for o in etcd_queue(wired).pending}, "never run twice"
