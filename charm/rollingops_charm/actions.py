@@ -63,9 +63,13 @@ def lock_status(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
         "queue": _queue_summary(record.queue if record else UnitQueue()),
         "etcd-credentials": charm.credential_mode(),
     }
+    backend = charm.backend()
+    if backend is not Backend.ETCD:
+        event.set_results({**results, **_peer_domain_view(charm, backend)})
+        return
     settings = charm.etcd_settings()
     if settings is None:
-        event.set_results({**results, "backend": "none", "etcd-reachable": False})
+        event.set_results({**results, "backend": "etcd", "etcd-reachable": False})
         return
     try:
         with EtcdClient(settings) as client:
@@ -73,6 +77,32 @@ def lock_status(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
     except EtcdError as error:
         results |= {"backend": "etcd", "etcd-reachable": False, "etcd-error": str(error)}
     event.set_results(results)
+
+
+def _peer_domain_view(charm: RollingOpsCharm, backend: Backend) -> dict[str, Any]:
+    """The backend actually granting (peer or none), its holders and queue, from the peer data.
+
+    Holders are the leader's grants; the queue is each unit's waiting head in the order the
+    leader would grant them. Under the peer backend each application is its own lock domain.
+    """
+    view = charm.peer_view()
+    if view is None:
+        return {"backend": backend.value, "holders": {}, "domain-queue": {}, "paused": False}
+    grants = sorted(view.schedule.grants.values(), key=lambda g: g.token)
+    waiting = sorted(
+        (
+            (unit, queue.pending[0])
+            for unit, queue in view.queues.items()
+            if queue.pending and unit not in view.schedule.grants
+        ),
+        key=lambda item: (item[1].attempt > 0, item[1].requested_at, item[0]),
+    )
+    return {
+        "backend": backend.value,
+        "holders": _indexed([{"unit": g.unit, "op": g.op_id, "token": g.token} for g in grants]),
+        "domain-queue": _indexed([{"unit": unit, "op": op.id} for unit, op in waiting]),
+        "paused": False,
+    }
 
 
 def _domain_view(charm: RollingOpsCharm, client: EtcdClient) -> dict[str, Any]:
@@ -229,9 +259,7 @@ def run_exclusive(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
         requested_at=utcnow(),
     )
     if charm.backend() is Backend.ETCD:
-        queued = _with_etcd(
-            charm, event, lambda c: charm.store(c).update(lambda q: q.enqueue(op))
-        )
+        queued = _with_etcd(charm, event, lambda c: charm.store(c).update(lambda q: q.enqueue(op)))
     else:
         queued = _queue_here(charm, event, op)
     if queued is not None:

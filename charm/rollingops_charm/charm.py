@@ -347,6 +347,8 @@ class RollingOpsCharm(ops.CharmBase):
 
     def credential_mode(self) -> str:
         """Which pair this unit connects with, for lock-status."""
+        if self.etcd.relation is None:
+            return "none"
         credential = self.credential()
         return credential.kind if credential else "none"
 
@@ -390,6 +392,11 @@ class RollingOpsCharm(ops.CharmBase):
     def save_record(self, record: UnitRecord) -> None:
         """Persist the unit's record in the unit's own state database (never seen by peers)."""
         self._stored.record = record.dump()
+
+    def peer_view(self) -> peer_backend.PeerView | None:
+        """What the peer relation says (grants, queues, the leader's decision), if related."""
+        peer = self._peer_view()
+        return peer[1] if peer else None
 
     def _peer_view(self) -> tuple[ops.Relation, peer_backend.PeerView] | None:
         relation = self.model.get_relation(PEER)

@@ -201,4 +201,3 @@ def local_sync(
     elif backend is Backend.PEER and grant is not None and is_claimable(grant, queue):
         queue = queue.claim(grant.token, now)
     return absorb(record, queue, intake, applied).model_copy(update={"last_backend": backend})
-

@@ -84,7 +84,7 @@ class LockGrantedEvent(ops.EventBase):
         self.token = snapshot["token"]
 
 
-TOKEN_ARGUMENT = "token"
+TOKEN_ARGUMENT = "token"  # noqa: S105 - a parameter name, not a secret
 """The keyword under which a callback that asks for it receives the grant's fencing token."""
 
 

@@ -45,10 +45,18 @@ def test_lock_status_shows_holders_queue_and_health(ctx, supervisor, wired):
     assert results["paused"] is False
 
 
-def test_lock_status_without_etcd_says_so(ctx, supervisor):
-    ctx.run(ctx.on.action("lock-status"), testing.State(leader=True, relations={peer()}))
+def test_lock_status_without_etcd_names_the_peer_backend_its_holders_and_queue(ctx, supervisor):
+    principal = principal_relation(requests=[request("op1"), request("op2", kwargs={"n": 2})])
+    state = testing.State(leader=True, relations={peer(), principal})
+    out = ctx.run(ctx.on.relation_changed(principal, remote_unit=0), state)
+    out = ctx.run(ctx.on.update_status(), out)
+    ctx.run(ctx.on.action("lock-status"), out)
     results = ctx.action_results or {}
-    assert (results["backend"], results["etcd-reachable"]) == ("none", False)
+    assert results["backend"] == "peer"
+    assert results["holders"]["1"]["unit"] == UNIT
+    assert results["holders"]["1"]["op"] == "op1"
+    assert results["queue"]["pending"]["1"]["op"] == "op2"
+    assert results["etcd-credentials"] == "none"
 
 
 def test_history_reports_waited_held_and_outcome(ctx, supervisor, wired):
