@@ -161,19 +161,21 @@ def history(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
     )
 
 
-def _queue_here(charm: RollingOpsCharm, event: ops.ActionEvent, op: Operation) -> bool | None:
-    """Off etcd, the unit's record is its queue: the operation goes there.
+def _change_here(
+    charm: RollingOpsCharm, event: ops.ActionEvent, change: Callable[[UnitQueue], UnitQueue]
+) -> bool | None:
+    """Off etcd, the unit's record is its queue: the change is made there.
 
     The peer backend publishes it from there, and a return to etcd copies the record's queue
-    into etcd, so it is never lost across a switch.
+    into etcd, so nothing is lost across a switch.
     """
     record = charm.load_record()
     if record is None:
-        event.fail("the unit record is unreadable: nothing queued")
+        event.fail("the unit record is unreadable: nothing changed")
         return None
     try:
-        queue = record.queue.enqueue(op)
-    except ValueError as error:  # full, duplicate id
+        queue = change(record.queue)
+    except ValueError as error:  # full, duplicate id, unknown op
         event.fail(str(error))
         return None
     charm.save_record(record.model_copy(update={"queue": queue}))
@@ -227,6 +229,26 @@ def force_release(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
     )
 
 
+def cancel(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
+    """Drop one operation of this unit, waiting or running, with the operator's reason."""
+    op_id, reason = str(event.params["op"]), _reason(event)
+    if reason is None:
+        return
+    record = charm.load_record()
+    queue = record.queue if record else UnitQueue()
+    was = "running" if queue.current and queue.current.operation.id == op_id else "waiting"
+
+    def drop(queue: UnitQueue) -> UnitQueue:
+        return queue.cancel(op_id, f"cancelled: {reason}", utcnow())
+
+    if charm.backend() is Backend.ETCD:
+        done = _with_etcd(charm, event, lambda c: charm.store(c).update(drop))
+    else:
+        done = _change_here(charm, event, drop)
+    if done is not None:
+        event.set_results({"op": op_id, "cancelled": True, "was": was, "reason": reason})
+
+
 def pause(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
     """No new grants in the whole domain until ``resume``."""
     reason = _reason(event)
@@ -261,6 +283,6 @@ def run_exclusive(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
     if charm.backend() is Backend.ETCD:
         queued = _with_etcd(charm, event, lambda c: charm.store(c).update(lambda q: q.enqueue(op)))
     else:
-        queued = _queue_here(charm, event, op)
+        queued = _change_here(charm, event, lambda queue: queue.enqueue(op))
     if queued is not None:
         event.set_results({"op": op.id, "queued": True, "argv": " ".join(argv)})

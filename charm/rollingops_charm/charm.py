@@ -145,6 +145,7 @@ class RollingOpsCharm(ops.CharmBase):
         observe(self.on.pause_action, self._on_pause)
         observe(self.on.resume_action, self._on_resume)
         observe(self.on.run_exclusive_action, self._on_run_exclusive)
+        observe(self.on.cancel_action, self._on_cancel)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -608,6 +609,10 @@ class RollingOpsCharm(ops.CharmBase):
 
     def _on_resume(self, event: ops.ActionEvent) -> None:
         actions.resume(self, event)
+
+    def _on_cancel(self, event: ops.ActionEvent) -> None:
+        actions.cancel(self, event)
+        self._sync()
 
     def _on_run_exclusive(self, event: ops.ActionEvent) -> None:
         actions.run_exclusive(self, event)

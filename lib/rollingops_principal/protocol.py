@@ -152,11 +152,12 @@ class Finished(_Reported):
     ``merged``: identical to a request still waiting (``reason`` names it), so it runs as that one;
     ``lock-lost``: the subordinate lost the lock while the operation ran (its fencing token is
     stale; it is not run again by itself); ``hook-failed``: the grant could not be delivered (the
-    subordinate's hook kept failing), so the lock went to the next unit.
+    subordinate's hook kept failing), so the lock went to the next unit; ``cancelled``: the
+    operator cancelled it (``reason`` says why).
     """
 
     id: OperationId
-    outcome: Literal["done", "dropped", "merged", "lock-lost", "hook-failed"]
+    outcome: Literal["done", "dropped", "merged", "lock-lost", "hook-failed", "cancelled"]
     attempts: int
     reason: str = ""
 

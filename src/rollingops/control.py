@@ -7,7 +7,10 @@ version) counts as a pause: failing safe means no new grants, never a crashed wo
 
 Force-release revokes the lease of a stuck holder: its waiter key goes at once, the next waiter
 gets the slot, and the stuck worker learns that it lost the lock (its claim transaction fails,
-or its lease tells it); its fencing token is stale from then on.
+or its lease tells it); its fencing token is stale from then on. Where etcd refuses the revoke
+(another application bound a key of its own to the lease, docs/lease-isolation.md), the holder's
+waiter key is deleted instead: only we may write under our prefix, so that always works. The
+lease then lives on, and the stuck worker learns it from its next proving transaction instead.
 
 The token floor, ``<domain>/token-floor`` (a decimal integer), keeps fencing tokens increasing
 across backend switches. While the application ran on the peer backend, tokens went on past
@@ -27,11 +30,19 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .etcd_client import Compare, EtcdClient, EtcdError, KeyValue, Op, WatchBrokenError
+from .etcd_client import (
+    Compare,
+    EtcdClient,
+    EtcdError,
+    EtcdPermissionError,
+    KeyValue,
+    Op,
+    WatchBrokenError,
+)
 from .models import utcnow
 from .semaphore import Contender, contenders_of
 from .store import domain_prefix, waiters_prefix
@@ -52,6 +63,20 @@ class Pause(BaseModel):
     reason: str
     by: str
     since: dt.datetime
+
+
+ReleaseMethod = Literal["lease-revoked", "key-deleted"]
+"""How a holder was forced out: its lease revoked, or (the revoke refused) its key deleted."""
+
+
+@dataclass(frozen=True)
+class ForcedOut:
+    """One holder that a force-release took the slot from, and how."""
+
+    owner: str
+    token: int
+    lease: int
+    how: ReleaseMethod
 
 
 class FloorConflictError(EtcdError):
@@ -139,6 +164,11 @@ class DomainControl:
 
     def contenders(self) -> list[Contender]:
         """Holders first, then waiters, in grant order, with the tokens the floor gives them."""
+        waiters, base = self._waiters_and_floor()
+        return contenders_of(waiters, self._capacity, base)
+
+    def _waiters_and_floor(self) -> tuple[list[KeyValue], int]:
+        """The waiter keys in grant order and the token floor, in one read."""
         result = self._client.txn(
             compare=[], success=[Op.get_prefix(self._waiters), Op.get(self.floor_key)]
         )
@@ -147,7 +177,7 @@ class DomainControl:
             base = _parse_floor(floor[0] if floor else None)
         except UnreadableFloorError:
             base = 0  # for display only: no worker claims while the floor is unreadable
-        return contenders_of(waiters, self._capacity, base)
+        return waiters, base
 
     def position(self, owner: str) -> int | None:
         """1-based place of ``owner`` among the waiters; ``None`` if it holds or is absent."""
@@ -237,13 +267,61 @@ class DomainControl:
         raise FloorConflictError(f"{self.floor_key}: {_FLOOR_CONFLICTS} concurrent raises")
 
     def force_release(self, owner: str) -> list[int]:
-        """Revoke the lease of every holder owned by ``owner``; return their tokens."""
-        released: list[int] = []
-        for contender in self.contenders():
-            if contender.holding and contender.owner == owner:
-                self._client.revoke_lease(contender.lease)
-                released.append(contender.token)
-        return released
+        """Take the slot from every holder owned by ``owner``; return their tokens.
+
+        The tokens only, as the force-release action records them; ``release_holders`` also
+        says, for each, whether its lease was revoked or its key deleted.
+        """
+        return [forced.token for forced in self.release_holders(owner)]
+
+    def release_holders(self, owner: str) -> list[ForcedOut]:
+        """Take the slot from every holder owned by ``owner``; say how, for each.
+
+        Revoking the lease is the first choice: the stuck worker's lease thread then learns,
+        at its next refresh, that it lost the lock. etcd refuses the revoke when the lease
+        carries a key we may not write, which another application can bind to it
+        (docs/lease-isolation.md). A lease refused that way (or a waiter key with no lease at
+        all) would otherwise keep its holder in place for as long as anyone refreshes it, so
+        we delete the waiter key itself, which only we may do and always can. The delete is
+        compared on the key's create revision: a key created since the read is not the holder
+        we were asked to remove.
+        """
+        waiters, base = self._waiters_and_floor()
+        forced: list[ForcedOut] = []
+        for kv in waiters[: self._capacity]:
+            if kv.value.decode() != owner:
+                continue
+            how = self._force_out(kv)
+            if how is not None:
+                forced.append(ForcedOut(owner, base + kv.create_revision, kv.lease, how))
+        return forced
+
+    def _force_out(self, kv: KeyValue) -> ReleaseMethod | None:
+        """Revoke ``kv``'s lease or, if etcd will not, delete ``kv``; return which.
+
+        ``None`` when the key went (a release) or was created anew (its holder entered again,
+        with a new token) between our read and the delete: that holder no longer held.
+        """
+        if kv.lease:
+            try:
+                self._client.revoke_lease(kv.lease)
+            except EtcdPermissionError as error:
+                logger.warning(
+                    "lease %x of %s cannot be revoked (%s): deleting the key instead",
+                    kv.lease,
+                    kv.key,
+                    error,
+                )
+            else:
+                return "lease-revoked"
+        result = self._client.txn(
+            compare=[Compare.create_revision(kv.key, kv.create_revision)],
+            success=[Op.delete(kv.key)],
+        )
+        if not result.succeeded:
+            logger.info("%s was already gone or created anew; nothing deleted", kv.key)
+            return None
+        return "key-deleted"
 
     def wait_for_change(
         self, state: GrantState, stop: threading.Event, wake: Callable[[], bool]

@@ -76,6 +76,8 @@ class Outcome(str, enum.Enum):
     HOOK_FAILED = "hook-failed"
     """The lock-granted hook could not be fired within the worker's attempts; the lock went to
     the next unit instead of staying with one whose agent cannot run it."""
+    CANCELLED = "cancelled"
+    """The operator cancelled it (``cancel`` action), waiting or stuck while running."""
 
 
 class Operation(_Document):
@@ -226,6 +228,34 @@ class UnitQueue(_Document):
             raise ValueError("no operation is running")
         again = self.current.model_copy(update={"token": token, "granted_at": now})
         return self.model_copy(update={"current": again})
+
+    def cancel(self, operation_id: str, reason: str, now: dt.datetime) -> UnitQueue:
+        """Drop ``operation_id`` for good, waiting or running; it ends ``cancelled``.
+
+        A running one gives the lock back: its worker sees no current operation and releases.
+        """
+        if self.current is not None and self.current.operation.id == operation_id:
+            return self._complete(self.current, Outcome.CANCELLED, reason, now)
+        for op in self.pending:
+            if op.id == operation_id:
+                entry = CompletedOperation(
+                    id=op.id,
+                    callback=op.callback,
+                    outcome=Outcome.CANCELLED,
+                    attempts=op.attempt,
+                    token=0,  # never granted
+                    requested_at=op.requested_at,
+                    granted_at=now,
+                    finished_at=now,
+                    reason=reason,
+                )
+                return self.model_copy(
+                    update={
+                        "pending": tuple(p for p in self.pending if p.id != operation_id),
+                        "history": (*self.history, entry)[-HISTORY_LENGTH:],
+                    }
+                )
+        raise ValueError(f"no operation {operation_id!r} is waiting or running on this unit")
 
     def abandon(self, outcome: Outcome, reason: str, now: dt.datetime) -> UnitQueue:
         """End the running operation for good with ``outcome``, whatever the principal reports.

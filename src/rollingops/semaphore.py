@@ -25,11 +25,24 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .etcd_client import Compare, EtcdClient, KeyValue, Op, WatchBrokenError, WatchStream
+from .etcd_client import (
+    MIN_ATTEMPT_TIMEOUT,
+    Compare,
+    EtcdClient,
+    KeyValue,
+    Op,
+    WatchBrokenError,
+    WatchStream,
+)
 from .lease import Lease, LeaseLostError
 
 _WAKE_INTERVAL = 0.2
 """How often a waiting ``acquire`` looks at its local cancel flag and lease (no etcd request)."""
+_REWATCH_BACKOFF = (0.05, 1.0)
+"""First and longest pause before watching again after watches that failed to open in a row.
+
+A watch on a hung member fails only after a whole call bound, but one that etcd refuses at once
+would otherwise be retried in a tight loop of watches and reads for as long as the wait lasts."""
 
 
 class AcquireCancelledError(Exception):
@@ -86,15 +99,33 @@ class FairSemaphore:
         Raises ``TimeoutError`` after ``timeout`` seconds (the waiter key is removed, so the
         place in the queue is given up), ``AcquireCancelledError`` when ``cancel`` is set, and
         ``LeaseLostError`` when the lease is lost while waiting.
+
+        A broken watch is no reason to give up: our key, and with it our place in the queue,
+        stays, and the wait is set up again from a fresh read on the member the client moved
+        to. That holds as well for a watch that breaks or is never acknowledged while we open
+        it (its member hung or went away just then); giving the key up there would send a
+        waiter that had queued for an hour to the back of the queue for a blip of one member.
+        ``timeout`` bounds that too; ``cancel`` is seen within ``_WAKE_INTERVAL`` while a watch
+        is open, and after at most one call bound while a call or a watch's opening is pending.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         stream: WatchStream | None = None
+        backoff = _REWATCH_BACKOFF[0]
         try:
             view = self._enter()
             while (token := self._holding_token(view.kvs)) is None:
                 if stream is None:
                     # Only a waiter watches; the watch exists before the read that it follows.
-                    stream = self._watch_deletions()
+                    try:
+                        stream = self._watch_deletions(deadline)
+                    except WatchBrokenError:
+                        # Read again before the next watch: the slot may have come meanwhile,
+                        # and a cluster that cannot answer ends the wait with the read's error.
+                        self._pause(backoff, deadline, cancel)
+                        backoff = min(backoff * 2, _REWATCH_BACKOFF[1])
+                        view = self._view()
+                        continue
+                    backoff = _REWATCH_BACKOFF[0]
                     view = self._view()
                     continue
                 try:
@@ -176,10 +207,23 @@ class FairSemaphore:
         self._lease.check()
         raise LeaseLostError(f"waiter key {self.key} vanished")
 
-    def _watch_deletions(self) -> WatchStream:
-        """A synced watch of every deletion in the domain, acknowledged before we read."""
+    def _watch_deletions(self, deadline: float | None) -> WatchStream:
+        """A synced watch of every deletion in the domain, acknowledged before we read.
+
+        The wait for the acknowledgement ends with the caller's deadline (a healthy member
+        acknowledges well within ``MIN_ATTEMPT_TIMEOUT``, so a short remainder does not make a
+        healthy member look hung), and at the latest after a whole call bound, like any call.
+        Raises ``WatchBrokenError`` if the watch broke or was not acknowledged in time.
+        """
+        limit = self._client.settings.total_timeout
+        if deadline is not None:
+            limit = min(limit, max(deadline - time.monotonic(), MIN_ATTEMPT_TIMEOUT))
         stream = self._client.watch(prefix=self._prefix, deletes_only=True)
-        stream.wait_created(self._client.settings.total_timeout)
+        try:
+            stream.wait_created(limit)
+        except WatchBrokenError:
+            stream.close()
+            raise
         return stream
 
     def _view(self) -> _View:
@@ -201,17 +245,34 @@ class FairSemaphore:
         position = self._position(view.kvs)
         ahead = {kv.key for kv in view.kvs[position - self.capacity : position]}
         while True:
-            if cancel is not None and cancel.is_set():
-                raise AcquireCancelledError
-            self._lease.check()
-            wait = _WAKE_INTERVAL
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    raise TimeoutError(f"lock not acquired within the timeout ({self.key})")
-            events = stream.next(timeout=wait) or []
+            events = stream.next(timeout=self._next_wake(deadline, cancel)) or []
             if any(e.key in ahead and e.mod_revision > view.revision for e in events):
                 return
+
+    def _next_wake(self, deadline: float | None, cancel: threading.Event | None) -> float:
+        """How long a wait may block before looking again; raises when the wait must end.
+
+        One place for the reasons to stop waiting (cancel, lost lease, timeout), so that every
+        way of waiting honours them the same, and within ``_WAKE_INTERVAL``.
+        """
+        if cancel is not None and cancel.is_set():
+            raise AcquireCancelledError
+        self._lease.check()
+        wait = _WAKE_INTERVAL
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                raise TimeoutError(f"lock not acquired within the timeout ({self.key})")
+        return wait
+
+    def _pause(
+        self, seconds: float, deadline: float | None, cancel: threading.Event | None
+    ) -> None:
+        """Sleep ``seconds`` (no request), ending early with ``_next_wake``'s errors."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(self._next_wake(deadline, cancel), left))
+        self._next_wake(deadline, cancel)
 
     def _leave(self) -> None:
         """Remove our waiter key after a failed acquire, if etcd can be reached at all."""

@@ -393,7 +393,7 @@ class Worker:
         hook = self.config.lock_granted_hook
         backoff, failure = _HOOK_BACKOFF_FIRST, ""
         for attempt in range(1, self.config.hook_attempts + 1):
-            if attempt > 1 and self.stop.wait(backoff):
+            if attempt > 1 and (self.stop.wait(backoff) or self._operation_gone()):
                 return
             backoff = min(backoff * 2, _HOOK_BACKOFF_MAX)
             if (lost := self._lost_lock()) is not None:
@@ -413,6 +413,20 @@ class Worker:
         reason = f"{hook} failed {self.config.hook_attempts} times; last: {failure}"
         self._end(self._current_snapshot(), Outcome.HOOK_FAILED, reason)
         self._release()
+
+    def _operation_gone(self) -> bool:
+        """Whether the running operation left the queue meanwhile (the operator's ``cancel``).
+
+        Read fresh, only between failed hook attempts: a hook is not fired again for an
+        operation that no longer runs; the next pass releases the lock.
+        """
+        running = self._current_snapshot().queue.current
+        self._snapshot = self.store.load()
+        now = self._snapshot.queue.current
+        gone = now is None or running is None or now.operation.id != running.operation.id
+        if gone:
+            record("operation-gone", op=running.operation.id if running else None)
+        return gone
 
     def _wait_for_result(self) -> None:
         """Wait by watch for the principal's result; end the operation if the lock goes first."""

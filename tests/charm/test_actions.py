@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from charm_helpers import UNIT, peer, principal_relation, record_of, request, worker_hook
 from ops import testing
@@ -159,3 +161,35 @@ def test_run_exclusive_during_peer_fallback_runs_once_and_is_not_lost(ctx, super
     assert [(e.id, e.outcome.value) for e in record.queue.history] == [(op, "done")]
     assert not out.unit_status.message.startswith("peer fallback"), out.unit_status
     assert op not in {o.id for o in etcd_queue(wired).pending}, "never run twice"
+
+
+def test_cancel_drops_a_waiting_operation_and_tells_the_principal(ctx, supervisor, wired):
+    principal = principal_relation(requests=[request("op1"), request("op2", kwargs={"n": 2})])
+    out = changed(ctx, wired, principal)
+    params = {"op": "op2", "reason": "not needed"}
+    out = ctx.run(ctx.on.action("cancel", params=params), out)
+    assert (ctx.action_results or {})["was"] == "waiting"
+    queue = etcd_queue(wired)
+    assert [op.id for op in queue.pending] == ["op1"]
+    assert [(e.id, e.outcome.value) for e in queue.history] == [("op2", "cancelled")]
+    finished = json.loads(out.get_relations("rollingops")[0].local_unit_data["finished"])
+    assert finished == [
+        {"id": "op2", "outcome": "cancelled", "attempts": 0, "reason": "cancelled: not needed"}
+    ]
+
+
+def test_cancel_frees_a_stuck_running_operation(ctx, supervisor, wired):
+    out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
+    update_etcd_queue(wired, lambda q: q.claim(5, utcnow()))
+    out = ctx.run(ctx.on.update_status(), out)
+    out = ctx.run(ctx.on.action("cancel", params={"op": "op1", "reason": "stuck"}), out)
+    assert (ctx.action_results or {})["was"] == "running"
+    assert etcd_queue(wired).current is None
+    assert not out.unit_status.message.startswith("holding lock")
+
+
+def test_cancel_of_an_unknown_operation_fails_and_changes_nothing(ctx, supervisor, wired):
+    out = changed(ctx, wired, principal_relation(requests=[request("op1")]))
+    with pytest.raises(testing.ActionFailed, match="no operation 'nope'"):
+        ctx.run(ctx.on.action("cancel", params={"op": "nope", "reason": "x"}), out)
+    assert [op.id for op in etcd_queue(wired).pending] == ["op1"]
