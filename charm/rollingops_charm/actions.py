@@ -68,8 +68,8 @@ def lock_status(charm: RollingOpsCharm, event: ops.ActionEvent) -> None:
         event.set_results({**results, **_peer_domain_view(charm, backend)})
         return
     settings = charm.etcd_settings()
-    if settings is None:
-        event.set_results({**results, "backend": "etcd", "etcd-reachable": False})
+    if settings is None:  # etcd chosen but not usable yet: nothing grants
+        event.set_results({**results, "backend": "none", "etcd-reachable": False})
         return
     try:
         with EtcdClient(settings) as client:
