@@ -186,6 +186,13 @@ def _with_etcd(
     charm: RollingOpsCharm, event: ops.ActionEvent, use: Callable[[EtcdClient], _T]
 ) -> _T | None:
     """Run ``use`` with a client; on any etcd or queue problem, fail the action, return None."""
+    backend = charm.backend()
+    if backend is not Backend.ETCD:
+        event.fail(
+            f"the application is on the {backend.value} backend, not etcd: this action acts on "
+            "etcd's lock only (lock-status and cancel work on every backend)"
+        )
+        return None
     settings = charm.etcd_settings()
     if settings is None:
         event.fail(_NO_ETCD)

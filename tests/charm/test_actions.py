@@ -193,3 +193,11 @@ def test_cancel_of_an_unknown_operation_fails_and_changes_nothing(ctx, superviso
     with pytest.raises(testing.ActionFailed, match="no operation 'nope'"):
         ctx.run(ctx.on.action("cancel", params={"op": "nope", "reason": "x"}), out)
     assert [op.id for op in etcd_queue(wired).pending] == ["op1"]
+
+
+def test_etcd_only_actions_say_the_application_is_on_the_peer_backend(ctx, supervisor, wired):
+    wired.cluster.members[0].kill()
+    out = ctx.run(worker_hook("rollingops_etcd_failed"), wired.state(peer(), leader=True))
+    for action, params in (("pause", {"reason": "x"}), ("resume", {})):
+        with pytest.raises(testing.ActionFailed, match="on the peer backend, not etcd"):
+            ctx.run(ctx.on.action(action, params=params), out)
