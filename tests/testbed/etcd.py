@@ -672,6 +672,10 @@ class EtcdCluster:
         seconds trying to hand leadership to followers that are shutting down too).
         """
         self._stop_members(graceful=graceful)
+        for member in self.members:
+            # Each member preallocates a 64 MB WAL: a suite leaves tens of GB behind otherwise.
+            # Logs and certificates stay beside it for a failed test's post-mortem.
+            shutil.rmtree(member.data_dir, ignore_errors=True)
         if self._owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
