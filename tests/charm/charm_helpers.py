@@ -32,9 +32,8 @@ def load_yaml(name: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / name).read_text())
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> testing.Context[RollingOpsCharm]:
-    charm_root = tmp_path / "charm"
+def unit_context(charm_root: Path, unit_id: int = 0) -> testing.Context[RollingOpsCharm]:
+    """ops.testing context of ``rollingops/<unit_id>``, metadata from the repository."""
     charm_root.mkdir()
     return testing.Context(
         RollingOpsCharm,
@@ -42,9 +41,14 @@ def ctx(tmp_path: Path) -> testing.Context[RollingOpsCharm]:
         meta=load_yaml("metadata.yaml"),
         actions=load_yaml("actions.yaml"),
         config=load_yaml("config.yaml"),
-        unit_id=0,
+        unit_id=unit_id,
         app_name="rollingops",
     )
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> testing.Context[RollingOpsCharm]:
+    return unit_context(tmp_path / "charm")
 
 
 @dataclass

@@ -12,17 +12,16 @@ from typing import Any
 
 import pytest
 from charm_helpers import (
-    load_yaml,
     peer,
     principal_relation,
     record_of,
     request,
     stored,
     sub_bag,
+    unit_context,
     worker_hook,
 )
 from ops import testing
-from rollingops_charm.charm import RollingOpsCharm
 from test_protocol import changed, etcd_queue, update_etcd_queue
 
 from rollingops.models import OperationResult, utcnow
@@ -156,20 +155,6 @@ def test_a_naive_finished_at_is_rejected_and_the_grant_stands(ctx, supervisor, w
     assert current.result is None
 
 
-def unit_ctx(tmp_path, unit_id: int) -> testing.Context[RollingOpsCharm]:
-    charm_root = tmp_path / f"charm-{unit_id}"
-    charm_root.mkdir()
-    return testing.Context(
-        RollingOpsCharm,
-        charm_root=charm_root,
-        meta=load_yaml("metadata.yaml"),
-        actions=load_yaml("actions.yaml"),
-        config=load_yaml("config.yaml"),
-        unit_id=unit_id,
-        app_name="rollingops",
-    )
-
-
 def test_a_naive_request_cannot_crash_the_peer_leader(ctx, supervisor, tmp_path):
     """Two units under the peer backend: one waits (aware), the leader's principal asks naive."""
     leader = ctx.run(ctx.on.install(), testing.State(leader=True, relations={peer()}))
@@ -178,7 +163,7 @@ def test_a_naive_request_cannot_crash_the_peer_leader(ctx, supervisor, tmp_path)
     other = principal_relation(requests=[request("theirs")])
     cluster = peer(local_app_data=decision, peers_data={0: {}})
     state = testing.State(leader=False, relations={cluster, other})
-    second = unit_ctx(tmp_path, 1)
+    second = unit_context(tmp_path / "charm-1", 1)
     out = second.run(second.on.relation_changed(other, remote_unit=0), state)
     published = dict(out.get_relations("cluster")[0].local_unit_data)
     assert json.loads(published["queue"])["pending"][0]["id"] == "theirs"
