@@ -8,7 +8,6 @@ principal. The worker process does the waiting; no hook ever waits for the lock.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -20,17 +19,18 @@ from pathlib import Path
 import ops
 from charmlibs.interfaces.certificate_transfer import CertificateTransferProvides
 
-from rollingops.backend_choice import Backend, Health, choose
+from rollingops.backend_choice import Backend
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient, EtcdError, EtcdSettings
 from rollingops.files import write_private
-from rollingops.models import UnitQueue, utcnow
-from rollingops.peer_scheduler import Schedule, schedule
+from rollingops.leadership import Leadership, PeerState, lead
+from rollingops.models import utcnow
 from rollingops.store import OperationStore
 from rollingops.supervisor import Supervisor, WorkerCommand, supervisor_for
 from rollingops.worker_config import WorkerConfig
 
-from . import actions, exclusive, peer_backend
+from . import actions, backends, peer_relation
+from .backends import DOMAIN, LockBackend, PeerLink
 from .config import CharmConfig, InvalidConfigError, etcd_prefix
 from .credentials import (
     Credential,
@@ -44,11 +44,10 @@ from .credentials import (
 )
 from .etcd_relation import EtcdConnection, EtcdRequirer
 from .identity import AppIdentity, client_cn, ensure_identity, read_identity
-from .intake import Applied, absorb, apply, local_sync, take
 from .paths import UnitPaths
 from .principal import PrincipalLink, subordinate_bag
 from .status import StatusInputs, unit_status
-from .unit_record import EtcdFailure, UnitRecord
+from .unit_record import EtcdFailure, RecordStore, UnitRecord
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,6 @@ PEER = "cluster"
 PRINCIPAL = "rollingops"
 ETCD = "etcd"
 CLIENT_CA = "etcd-client-ca"
-DOMAIN = "default"
 HOOK_RUNNER_ENV = "ROLLINGOPS_HOOK_RUNNER"
 HOOK_ETCD_BOUND = 2.0
 """Seconds any etcd call may take inside a hook: a hook holds the machine lock."""
@@ -71,11 +69,20 @@ class EtcdFailedEvent(ops.EventBase):
     """Fired by the worker when etcd stayed unreachable past the deadline."""
 
 
+class QueueChangedEvent(ops.EventBase):
+    """Fired by the worker when the running operation ended other than by a result.
+
+    Lock lost, hook never fired, revoked or cancelled elsewhere: mirror etcd and tell the
+    principal.
+    """
+
+
 class RollingOpsEvents(ops.CharmEvents):
-    """Juju's events plus the two custom hooks the worker fires."""
+    """Juju's events plus the three custom hooks the worker fires."""
 
     rollingops_lock_granted = ops.EventSource(LockGrantedEvent)
     rollingops_etcd_failed = ops.EventSource(EtcdFailedEvent)
+    rollingops_queue_changed = ops.EventSource(QueueChangedEvent)
 
 
 class RollingOpsCharm(ops.CharmBase):
@@ -108,6 +115,7 @@ class RollingOpsCharm(ops.CharmBase):
         self.client_ca = CertificateTransferProvides(self, CLIENT_CA)
         self.principal = PrincipalLink(self.model, PRINCIPAL)
         self._stored.set_default(record="", active_prefix="", worker_digest="")
+        self.records = RecordStore(self._stored)
         self._observe()
 
     def _observe(self) -> None:
@@ -136,6 +144,7 @@ class RollingOpsCharm(ops.CharmBase):
         observe(self.on[ETCD].relation_broken, self._on_etcd_broken)
         observe(self.on.rollingops_lock_granted, self._on_lock_granted)
         observe(self.on.rollingops_etcd_failed, self._on_etcd_failed)
+        observe(self.on.rollingops_queue_changed, self._on_queue_changed)
         observe(self.on.stop, self._on_stop)
         observe(self.on.remove, self._on_stop)
         observe(self.on.collect_unit_status, self._on_collect_status)
@@ -178,14 +187,17 @@ class RollingOpsCharm(ops.CharmBase):
     def _on_lock_granted(self, _: ops.EventBase) -> None:
         self._sync(on_grant=True)
 
+    def _on_queue_changed(self, _: ops.EventBase) -> None:
+        self._sync()
+
     def _on_etcd_failed(self, _: ops.EventBase) -> None:
-        record = self.load_record()
+        record = self.records.load()
         if record is not None:
             failure = EtcdFailure(since=utcnow(), reason="the worker gave up on etcd")
-            self.save_record(record.model_copy(update={"etcd_failure": failure}))
+            self.records.save(record.model_copy(update={"etcd_failure": failure}))
         relation = self.model.get_relation(PEER)
         if relation is not None:
-            peer_backend.flag_etcd_failure(relation, self.unit, failed=True)
+            peer_relation.flag_etcd_failure(relation, self.unit, failed=True)
         self._reconcile(probe=True)  # a renewed pair etcd now wants may be what was missing
 
     def _reconcile(self, restart: bool = False, probe: bool = False) -> None:
@@ -198,7 +210,7 @@ class RollingOpsCharm(ops.CharmBase):
         self._settings_memo = None
         self._sync(probe=probe)
         settings = self.etcd_settings()
-        if settings is None or self.backend() is not Backend.ETCD:
+        if settings is None or self.decided() is not Backend.ETCD:
             self._supervisor().remove()
             self._stored.worker_digest = ""
         else:
@@ -229,7 +241,7 @@ class RollingOpsCharm(ops.CharmBase):
         return digest.hexdigest()
 
     def _busy(self) -> bool:
-        record = self.load_record()
+        record = self.records.load()
         return record is not None and record.queue.current is not None
 
     def _publish_client_cas(self, identity: AppIdentity) -> None:
@@ -376,38 +388,32 @@ class RollingOpsCharm(ops.CharmBase):
         )
         return supervisor_for(command, self.paths.root)
 
-    # -- the queue ----------------------------------------------------------------------------
+    # -- the backend and the queue ------------------------------------------------------------
 
-    def load_record(self) -> UnitRecord | None:
-        """The unit's record; ``None`` if it is unreadable.
-
-        An unreadable record is left as it is (status says so): overwriting it would lose the
-        queue it holds.
-        """
-        try:
-            return UnitRecord.load(self._stored.record)  # type: ignore[reportUnknownArgumentType]
-        except ValueError as error:
-            logger.warning("%s: leaving it untouched", error)
-            return None
-
-    def save_record(self, record: UnitRecord) -> None:
-        """Persist the unit's record in the unit's own state database (never seen by peers)."""
-        self._stored.record = record.dump()
-
-    def peer_view(self) -> peer_backend.PeerView | None:
-        """What the peer relation says (grants, queues, the leader's decision), if related."""
-        peer = self._peer_view()
-        return peer[1] if peer else None
-
-    def _peer_view(self) -> tuple[ops.Relation, peer_backend.PeerView] | None:
+    def _peer(self) -> PeerLink | None:
         relation = self.model.get_relation(PEER)
-        if relation is None:
-            return None
-        return relation, peer_backend.read(relation, self.app, self.unit)
+        return None if relation is None else PeerLink(relation, self.app, self.unit)
 
-    def backend(self) -> Backend:
+    def _peer_state(self) -> PeerState:
+        peer = self._peer()
+        return peer.state() if peer else PeerState()
+
+    def decided(self) -> Backend:
         """The backend the leader chose; etcd until it has said anything."""
-        return _decided(self._peer_view())
+        return self._peer_state().backend
+
+    def lock_backend(self, state: PeerState | None = None) -> LockBackend:
+        """The unit's backend under the leader's decision (``backends.select``)."""
+        state = state or self._peer_state()
+        capacity = self.settings.max_concurrent if self.settings else 1
+        return backends.select(
+            state.backend,
+            etcd=self.etcd_settings(),
+            peer=self._peer(),
+            unit=self.unit.name,
+            capacity=capacity,
+            waiting_for=self.etcd_waiting_for() or "invalid config",
+        )
 
     def _sync(self, on_grant: bool = False, probe: bool = False) -> None:
         """Requests in, queue through the backend, record and protocol bag out.
@@ -416,7 +422,7 @@ class RollingOpsCharm(ops.CharmBase):
         anything for this unit, one more pass takes it up in the same hook.
         """
         for _ in range(2):
-            record = self.load_record()
+            record = self.records.load()
             if record is None:
                 return
             self._sync_once(record, on_grant, probe)
@@ -425,159 +431,80 @@ class RollingOpsCharm(ops.CharmBase):
             on_grant = probe = False
 
     def _sync_once(self, record: UnitRecord, on_grant: bool, probe: bool) -> None:
-        peer = self._peer_view()
-        backend = _decided(peer)
-        settings = self.etcd_settings()
-        epoch = peer[1].decision.epoch if peer and peer[1].decision else 0
-        if backend is Backend.ETCD and settings is not None:
-            try:
-                record = self._sync_etcd(record, settings, on_grant)
+        peer, state = self._peer(), self._peer_state()
+        backend = self.lock_backend(state)
+        try:
+            record = backend.sync(record, self.principal.read(), on_grant)
+            if backend.granting is Backend.ETCD:
                 self._etcd_answered(peer)
-            except EtcdError as error:
-                logger.warning("etcd unavailable in this hook: %s", error)
-            if peer is not None:
-                peer_backend.write_queue(peer[0], self.unit, None, epoch)
-        else:
-            grants = peer[1].schedule.grants if peer else {}
-            record = local_sync(record, self.principal.read(), backend, grants.get(self.unit.name))
-            queue, run = exclusive.run_here(record.queue)
-            if run is not None:
-                runs = (*record.exclusive_runs, run)
-                record = record.model_copy(update={"queue": queue, "exclusive_runs": runs})
-            if peer is not None:
-                peer_backend.write_queue(peer[0], self.unit, record.queue, epoch)
-            if probe and settings is not None and self._etcd_reachable(settings):
-                self._etcd_answered(peer)
-        self.save_record(record)
-        ready = backend if backend is not Backend.ETCD or settings is not None else None
-        self.principal.publish(subordinate_bag(record, backend=ready))
-
-    def _etcd_answered(self, peer: tuple[ops.Relation, peer_backend.PeerView] | None) -> None:
+        except EtcdError as error:
+            logger.warning("etcd unavailable in this hook: %s", error)
         if peer is not None:
-            peer_backend.flag_etcd_failure(peer[0], self.unit, failed=False)
+            published = record.queue if backend.queue_is_local else None
+            peer_relation.write_queue(peer.relation, self.unit, published, state.epoch)
+        settings = self.etcd_settings()
+        if backend.queue_is_local and probe and settings and self._etcd_reachable(settings):
+            self._etcd_answered(peer)
+        self.records.save(record)
+        self.principal.publish(subordinate_bag(record, backend=backend.granting))
+
+    def _etcd_answered(self, peer: PeerLink | None) -> None:
+        if peer is not None:
+            peer_relation.flag_etcd_failure(peer.relation, self.unit, failed=False)
 
     def _etcd_reachable(self, settings: EtcdSettings) -> bool:
         """A quick, bounded look at etcd (1 s) while another backend is in use."""
         quick = settings.model_copy(update={"total_timeout": 1.0, "call_timeout": 1.0})
         try:
             with EtcdClient(quick) as client:
-                self.store(client).load()
+                OperationStore(client, client.prefix, DOMAIN, self.unit.name).load()
         except EtcdError:
             return False
         return True
 
     def _lead(self) -> bool:
-        """Leader: choose the backend and, under peer, the grants; return whether they changed."""
-        peer = self._peer_view()
+        """Leader: one pass of ``rollingops.leadership.lead``; whether it changed anything."""
+        peer = self._peer()
         if peer is None or self.settings is None:
             return False
-        relation, view = peer
-        current = view.decision.backend if view.decision else None
-        health = Health(
+        known = Leadership(
+            members=frozenset({self.unit.name, *(u.name for u in peer.relation.units)}),
             etcd_usable=self.etcd_settings() is not None,
-            etcd_failed=bool(view.etcd_failed),
-            peer_busy=bool(view.schedule.grants) or any(q.has_work for q in view.queues.values()),
+            fallback=self.settings.fallback,
+            capacity=self.settings.max_concurrent,
         )
-        chosen = choose(current, health, self.settings.fallback)
-        returning = chosen is Backend.ETCD and current not in (None, Backend.ETCD)
-        if returning and current and not self._fence_past_peer(view.schedule.next_token - 1):
-            chosen = current  # not before etcd's tokens are known to exceed the peer's
-        changed = False
-        epoch = view.decision.epoch if view.decision else 0
-        if view.decision is None or chosen is not current:
-            epoch += 1
-            reason = _reason(chosen, health)
-            decision = peer_backend.Decision(
-                backend=chosen, epoch=epoch, reason=reason, since=utcnow()
-            )
-            peer_backend.write_decision(relation, self.app, decision)
-            changed = True
-        members = {self.unit.name, *(u.name for u in relation.units)}
-        everyone_published = all(view.epochs.get(m) == epoch for m in members)
-        if chosen is Backend.PEER and everyone_published and not changed:
-            new = schedule(
-                view.queues,
-                view.schedule.grants,
-                self.settings.max_concurrent,
-                view.schedule.next_token,
-            )
-            changed = new.grants != view.schedule.grants
-            peer_backend.write_schedule(relation, self.app, new)
-        elif chosen is not Backend.PEER and view.schedule.grants:
-            peer_backend.write_schedule(relation, self.app, Schedule({}, view.schedule.next_token))
-        return changed
+        step = lead(peer.state(), known, self._fence_past_peer, utcnow())
+        peer_relation.write_step(peer.relation, self.app, step)
+        return step.changed
 
     def _fence_past_peer(self, highest_peer_token: int) -> bool:
         """Raise etcd's token floor past every peer grant, so tokens keep rising on return."""
         settings = self.etcd_settings()
-        if settings is None:
+        if settings is None or self.settings is None:
             return False
         try:
             with EtcdClient(settings) as client:
-                self.domain(client).raise_token_floor(max(highest_peer_token, 0))
+                control = DomainControl(
+                    client, client.prefix, DOMAIN, self.settings.max_concurrent
+                )
+                control.raise_token_floor(highest_peer_token)
         except EtcdError as error:
             logger.warning("cannot raise etcd's token floor yet, staying off etcd: %s", error)
             return False
         return True
 
-    def _sync_etcd(self, record: UnitRecord, settings: EtcdSettings, on_grant: bool) -> UnitRecord:
-        """Apply the principal's requests and result to the etcd queue, the authoritative copy.
-
-        Requests become *seen* only once the transaction that queues them succeeded: if etcd is
-        unreachable they stay in the principal's bag and are taken on a later hook.
-        """
-        applied = Applied([], [])
-        with EtcdClient(settings) as client:
-            store = self.store(client)
-            snapshot = store.load()
-            back_from_fallback = record.last_backend in (Backend.PEER, Backend.NONE)
-            if back_from_fallback or (snapshot.mod_revision == 0 and record.queue.has_work):
-                # etcd's copy is stale since the fallback (or lost): ours is the truth.
-                snapshot = store.update(lambda _: record.queue, snapshot)
-            intake = take(self.principal.read(), snapshot.queue, set(record.seen))
-
-            def change(queue: UnitQueue) -> UnitQueue:
-                nonlocal applied
-                queue, applied = apply(queue, intake)
-                return queue
-
-            snapshot = store.update(change, snapshot)
-            if on_grant:
-                snapshot, run = exclusive.run_if_granted(store, snapshot)
-                if run is not None:
-                    record = record.model_copy(
-                        update={"exclusive_runs": (*record.exclusive_runs, run)}
-                    )
-            position = self._position(client, snapshot.queue)
-        return absorb(record, snapshot.queue, intake, applied).model_copy(
-            update={"etcd_failure": None, "position": position, "last_backend": Backend.ETCD}
-        )
-
-    def store(self, client: EtcdClient, unit: str | None = None) -> OperationStore:
-        """The etcd queue of ``unit`` (default: this unit) in this unit's domain."""
-        return OperationStore(client, client.prefix, DOMAIN, unit or self.unit.name)
-
     def worker_running(self) -> bool:
         """Whether this unit's worker process is alive."""
         return self._supervisor().is_running()
-
-    def _position(self, client: EtcdClient, queue: UnitQueue) -> int | None:
-        if queue.current is not None or not queue.pending:
-            return None
-        return self.domain(client).position(self.unit.name)
-
-    def domain(self, client: EtcdClient) -> DomainControl:
-        """Pause state, holders and queue of this unit's lock domain."""
-        capacity = self.settings.max_concurrent if self.settings else 1
-        return DomainControl(client, client.prefix, DOMAIN, capacity)
 
     # -- status and actions ------------------------------------------------------------------
 
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
         try:
-            record, record_error = UnitRecord.load(self._stored.record), ""  # type: ignore[reportUnknownArgumentType]
+            record, record_error = UnitRecord.load(self.records.raw()), ""
         except ValueError as error:
             record, record_error = None, str(error)
+        state = self._peer_state()
         inputs = StatusInputs(
             config_error=self.config_error,
             record_error=record_error,
@@ -586,51 +513,46 @@ class RollingOpsCharm(ops.CharmBase):
             worker_running=self.worker_running(),
             record=record,
             max_concurrent=self.settings.max_concurrent if self.settings else 1,
-            backend=self.backend(),
-            backend_since=self._backend_since(),
+            backend=state.backend,
+            backend_since=state.decision.since if state.decision else None,
+            pause=state.pause if state.backend is Backend.PEER else None,
         )
         event.add_status(unit_status(inputs))
 
-    def _backend_since(self) -> dt.datetime | None:
-        peer = self._peer_view()
-        return peer[1].decision.since if peer and peer[1].decision else None
+    def _action_context(self) -> actions.ActionContext:
+        return actions.ActionContext(
+            unit=self.unit.name,
+            backend=self.lock_backend(),
+            records=self.records,
+            worker_running=self.worker_running,
+            credentials=self.credential_mode(),
+        )
 
     def _on_lock_status(self, event: ops.ActionEvent) -> None:
-        actions.lock_status(self, event)
+        actions.lock_status(self._action_context(), event)
 
     def _on_history(self, event: ops.ActionEvent) -> None:
-        actions.history(self, event)
+        actions.history(self._action_context(), event)
 
     def _on_force_release(self, event: ops.ActionEvent) -> None:
-        actions.force_release(self, event)
+        actions.force_release(self._action_context(), event)
+        self._sync()
 
     def _on_pause(self, event: ops.ActionEvent) -> None:
-        actions.pause(self, event)
+        actions.pause(self._action_context(), event)
+        self._sync()
 
     def _on_resume(self, event: ops.ActionEvent) -> None:
-        actions.resume(self, event)
+        actions.resume(self._action_context(), event)
+        self._sync()
 
     def _on_cancel(self, event: ops.ActionEvent) -> None:
-        actions.cancel(self, event)
+        actions.cancel(self._action_context(), event)
         self._sync()
 
     def _on_run_exclusive(self, event: ops.ActionEvent) -> None:
-        actions.run_exclusive(self, event)
+        actions.run_exclusive(self._action_context(), event)
         self._sync()
-
-
-def _decided(peer: tuple[ops.Relation, peer_backend.PeerView] | None) -> Backend:
-    """The backend in a peer view: etcd until the leader has decided anything."""
-    decision = peer[1].decision if peer else None
-    return Backend.ETCD if decision is None else decision.backend
-
-
-def _reason(backend: Backend, health: Health) -> str:
-    if backend is Backend.ETCD:
-        return "etcd is healthy"
-    if health.etcd_failed:
-        return "a worker gave up on etcd"
-    return "etcd is not usable (no relation, no credentials or invalid config)"
 
 
 def _hook_runner() -> Path:

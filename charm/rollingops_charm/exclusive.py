@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rollingops.command import run_command, to_argv
 from rollingops.models import OperationResult, UnitQueue, utcnow
-from rollingops.store import OperationStore, QueueSnapshot
+from rollingops.store import QueueSnapshot, QueueStore
 
 from .unit_record import ExclusiveRun
 
@@ -31,7 +31,7 @@ def run_granted(queue: UnitQueue) -> tuple[OperationResult, ExclusiveRun] | None
 
 
 def run_if_granted(
-    store: OperationStore, snapshot: QueueSnapshot
+    store: QueueStore, snapshot: QueueSnapshot
 ) -> tuple[QueueSnapshot, ExclusiveRun | None]:
     """On etcd: run a granted operator command and report its result in etcd."""
     ran = run_granted(snapshot.queue)

@@ -16,7 +16,7 @@ from rollingops_principal.protocol import MAX_REQUESTS
 
 from rollingops.backend_choice import Backend
 from rollingops.models import Operation, OperationResult, UnitQueue, utcnow
-from rollingops.peer_scheduler import PeerGrant, is_claimable
+from rollingops.peer_scheduler import PeerGrant, Revocation, unit_step
 
 from .unit_record import UnitRecord
 
@@ -184,20 +184,16 @@ def local_sync(
     bag: PrincipalBag,
     backend: Backend,
     grant: PeerGrant | None,
+    *,
+    revocation: Revocation | None = None,
     now: dt.datetime | None = None,
 ) -> UnitRecord:
     """Peer or none backend: the queue lives here, so this does the worker's part too.
 
-    Requests and results are applied; a reported result finishes the operation (retry-hold
-    runs again under the same grant); a grant from the leader is claimed, but never in the
-    same pass as a finish, so a retry-release really gives the lock back.
+    Requests and results are applied, then the engine's ``unit_step`` ends a revoked
+    operation, finishes a reported one or claims the leader's grant.
     """
-    now = now or utcnow()
     intake = take(bag, record.queue, set(record.seen))
     queue, applied = apply(record.queue, intake)
-    finished = queue.current is not None and queue.current.result is not None
-    if finished:
-        queue, _kept = queue.finish(now)
-    elif backend is Backend.PEER and grant is not None and is_claimable(grant, queue):
-        queue = queue.claim(grant.token, now)
+    queue = unit_step(queue, backend, grant, revocation, now or utcnow())
     return absorb(record, queue, intake, applied).model_copy(update={"last_backend": backend})

@@ -134,6 +134,4 @@ def _state(record: UnitRecord, backend: Backend | None) -> SubordinateState:
         status = "waiting"
     else:
         status = "idle"
-    return SubordinateState(
-        backend=backend.value, status=status, position=record.position, queue_length=length
-    )
+    return SubordinateState(backend=backend.value, status=status, queue_length=length)

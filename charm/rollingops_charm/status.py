@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import ops
 
 from rollingops.backend_choice import Backend
-from rollingops.models import Outcome, utcnow
+from rollingops.control import Pause
+from rollingops.models import OperationResult, Outcome, UnitQueue, utcnow
 
 from .unit_record import UnitRecord
 
@@ -27,6 +28,8 @@ class StatusInputs:
     max_concurrent: int
     backend: Backend = Backend.ETCD
     backend_since: dt.datetime | None = None
+    pause: Pause | None = None
+    """The domain's pause, where the unit knows it without a request (the peer backend)."""
 
 
 def unit_status(inputs: StatusInputs, now: dt.datetime | None = None) -> ops.StatusBase:
@@ -59,7 +62,9 @@ def _off_etcd(inputs: StatusInputs, record: UnitRecord, now: dt.datetime) -> ops
         where = f"peer fallback since {since} (own domain; {inputs.etcd_waiting_for})"
     else:
         where = f"peer fallback since {since} (own domain)"
-    return ops.ActiveStatus(f"{where}: {_activity(record, inputs.max_concurrent, now, 'peer')}")
+    paused = f"paused by {inputs.pause.by}: {inputs.pause.reason}; " if inputs.pause else ""
+    activity = _activity(record, inputs.max_concurrent, now, "peer")
+    return ops.ActiveStatus(f"{where}: {paused}{activity}")
 
 
 def _setup_problem(inputs: StatusInputs) -> ops.StatusBase | None:
@@ -88,13 +93,26 @@ def _last_failure(record: UnitRecord) -> str:
     return ""
 
 
+def _holding(queue: UnitQueue) -> bool:
+    """Whether the unit still holds the lock as far as this hook can know.
+
+    Once the principal answered ``release`` or ``retry-release``, the operation is over for it
+    and the worker hands the lock on without another hook: saying "holding" would stay false
+    until the next hook, minutes later. ``retry-hold`` keeps the lock.
+    """
+    running = queue.current
+    return running is not None and running.result in (None, OperationResult.RETRY_HOLD)
+
+
 def _doing(record: UnitRecord, max_concurrent: int, now: dt.datetime, backend: str) -> str:
+    """What the unit does, true without asking etcd: exact positions are in ``lock-status``."""
     queue = record.queue
-    if queue.current is not None:
+    if _holding(queue):
+        assert queue.current is not None  # noqa: S101 - _holding checked it
         op = queue.current.operation
         held = int((now - queue.current.granted_at).total_seconds())
         return f"holding lock: {op.callback} (op {op.id}, {held}s)"
     if queue.pending:
-        where = f"position {record.position}" if record.position else "entering the queue"
-        return f"waiting for lock: {where}, {len(queue.pending)} queued here"
+        since = min(op.requested_at for op in queue.pending).strftime("%H:%M")
+        return f"waiting for lock since {since}, {len(queue.pending)} queued here"
     return f"idle ({backend}, max-concurrent {max_concurrent})"

@@ -14,7 +14,9 @@ application falls back to the peer backend.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
+from ops.framework import BoundStoredState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rollingops_principal import Finished, Rejection
 from rollingops_principal.protocol import MAX_LISTED
@@ -26,6 +28,7 @@ SEEN_LIMIT = MAX_LISTED
 """Seen ids are those the principal still lists (see ``intake.absorb``), never more than
 ``MAX_LISTED``: this bound only guards a record from elsewhere, it never forgets a listed id."""
 REPORT_LIMIT = 32
+logger = logging.getLogger(__name__)
 
 
 class EtcdFailure(BaseModel):
@@ -77,8 +80,6 @@ class UnitRecord(BaseModel):
     last_backend: Backend | None = None
     """The backend this unit last synced with: entering etcd from peer or none replaces the
     etcd queue (stale since the fallback) with this record's queue."""
-    position: int | None = None
-    """1-based place in the domain queue when last looked at; ``None`` if not waiting."""
 
     @classmethod
     def load(cls, raw: str) -> UnitRecord:
@@ -102,3 +103,30 @@ class UnitRecord(BaseModel):
             }
         )
         return bounded.model_dump_json()
+
+
+class RecordStore:
+    """The unit's record in ops' StoredState: loaded and saved whole, in this unit only."""
+
+    def __init__(self, stored: BoundStoredState) -> None:
+        self._stored = stored
+
+    def load(self) -> UnitRecord | None:
+        """The record; ``None`` if it is unreadable.
+
+        An unreadable record is left as it is (the status says so): overwriting it would lose
+        the queue it holds.
+        """
+        try:
+            return UnitRecord.load(self.raw())
+        except ValueError as error:
+            logger.warning("%s: leaving it untouched", error)
+            return None
+
+    def raw(self) -> str:
+        """The stored text ("" before the first save)."""
+        return str(self._stored.record)
+
+    def save(self, record: UnitRecord) -> None:
+        """Persist the record (never seen by peers)."""
+        self._stored.record = record.dump()

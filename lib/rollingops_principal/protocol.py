@@ -151,24 +151,39 @@ class Finished(_Reported):
     ``done``: ran and released; ``dropped``: gave up after max-retry (``reason`` says why);
     ``merged``: identical to a request still waiting (``reason`` names it), so it runs as that one;
     ``lock-lost``: the subordinate lost the lock while the operation ran (its fencing token is
-    stale; it is not run again by itself); ``hook-failed``: the grant could not be delivered (the
-    subordinate's hook kept failing), so the lock went to the next unit; ``cancelled``: the
-    operator cancelled it (``reason`` says why).
+    stale; it is not run again by itself); ``revoked``: the operator force-released the lock while
+    the operation ran (as ``lock-lost``: the token is stale, the operation is not run again by
+    itself); ``hook-failed``: the grant could not be delivered (the subordinate's hook kept
+    failing), so the lock went to the next unit; ``cancelled``: the operator cancelled it
+    (``reason`` says why).
+
+    The principal library announces ``lock-lost`` and ``revoked`` with its ``lock_lost`` event.
     """
 
     id: OperationId
-    outcome: Literal["done", "dropped", "merged", "lock-lost", "hook-failed", "cancelled"]
+    outcome: Literal[
+        "done", "dropped", "merged", "lock-lost", "revoked", "hook-failed", "cancelled"
+    ]
+    """One of the outcomes above; a subordinate of the same protocol version adds none."""
     attempts: int
     reason: str = ""
 
 
 class SubordinateState(_Reported):
-    """What the subordinate is doing for this principal unit."""
+    """What the subordinate is doing for this principal unit, as of its last write.
+
+    The subordinate rewrites its bag only in its own hooks and only when there is something to
+    act on (a grant, a rejection, an operation that ended other than ``done``), which keeps an
+    operation at 5 hooks: a request it took is not announced, and an operation the principal
+    released ends in the subordinate's worker with no hook at all. So this state, as written,
+    can be stale (``idle`` while a request waits, ``granted`` after the release);
+    ``RollingOps.state`` corrects ``status`` and ``position`` with what the principal knows.
+    """
 
     backend: BackendName | None
     status: Literal["idle", "waiting", "granted", "unavailable"]
     position: int | None = None
-    """1-based place in the domain queue while waiting."""
+    """1-based place in the domain queue while waiting (as of the subordinate's last write)."""
     queue_length: int = 0
     message: str = ""
 

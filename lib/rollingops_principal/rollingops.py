@@ -9,6 +9,13 @@ databag and returns its id. When the subordinate grants it, the registered callb
 that ``relation-changed`` hook and its return value (``None`` means ``release``) is reported; an
 exception counts as ``retry-release``. Without a registered callback, ``on.lock_granted`` is
 emitted and the charm calls ``finish`` when it is done (in that hook or a later one).
+
+The subordinate rewrites its databag only when the principal has something to act on (a grant,
+a rejection, an operation that ended other than ``done``): that keeps an operation at 5 hooks,
+but its ``state`` can be stale (``idle`` while a request it took waits, ``granted`` after this
+unit answered ``release``, the worker having ended the operation with no hook). So ``state`` and
+``is_waiting`` combine the subordinate's bag with what this unit knows itself (what it asked for,
+what it answered), and are right after every hook without the subordinate writing more often.
 """
 
 from __future__ import annotations
@@ -35,6 +42,21 @@ from .protocol import (
 )
 
 logger = logging.getLogger(__name__)
+
+MAX_ANSWERED = 64
+"""Answers remembered (op id, attempt, result) until the subordinate reports the operation over.
+
+Only operations granted and not yet reported over are remembered, a handful at most; the bound
+guards the stored state against a subordinate that never reports."""
+TERMINAL: frozenset[str] = frozenset({"release"})
+"""Answers after which the operation is no longer waiting (the callback ran and is done)."""
+LETS_GO: frozenset[str] = frozenset({"release", "retry-release"})
+"""Answers that give the lock back: the grant they answer is not held any more."""
+LOST_OUTCOMES = {
+    "lock-lost": "the subordinate lost the lock while the operation ran",
+    "revoked": "the operator force-released the lock while the operation ran",
+}
+"""Finished outcomes announced with ``lock_lost``, and the reason given when none is reported."""
 
 Callback = Callable[..., "ResultName | None"]
 """Called with the request's kwargs as keyword arguments while the unit holds the lock."""
@@ -89,8 +111,10 @@ TOKEN_ARGUMENT = "token"  # noqa: S105 - a parameter name, not a secret
 
 
 class LockLostEvent(ops.EventBase):
-    """One of our operations ended because the subordinate lost the lock while it ran.
+    """One of our operations ended because the lock was lost while it ran.
 
+    Either the subordinate lost it (finished outcome ``lock-lost``: lease expired or revoked
+    under it) or the operator force-released it (outcome ``revoked``); ``reason`` says which.
     Whatever the callback did after that may overlap another unit's operation: its fencing token
     is stale. The operation is not run again by itself; request it again if it must run.
     """
@@ -134,7 +158,7 @@ class RollingOps(ops.Object):
         super().__init__(charm, f"rollingops-{relation_name}")
         self._relation_name = relation_name
         self._callbacks = dict(callbacks or {})
-        self._stored.set_default(delivered=[], requested={})
+        self._stored.set_default(delivered=[], requested={}, answered=[])
         self.framework.observe(charm.on[relation_name].relation_joined, self._on_changed)
         self.framework.observe(charm.on[relation_name].relation_changed, self._on_changed)
 
@@ -178,7 +202,12 @@ class RollingOps(ops.Object):
         return op_id
 
     def finish(self, op_id: str, result: ResultName = "release") -> None:
-        """Report the outcome of the granted operation ``op_id``."""
+        """Report the outcome of the granted operation ``op_id``.
+
+        The answer is also remembered here (op id, attempt, result) until the subordinate
+        reports the operation over: ``state`` and ``is_waiting`` use it, since the subordinate
+        does not rewrite its bag when it applies a result.
+        """
         granted = self.granted
         if granted is None or granted.id != op_id:
             raise RollingOpsError(f"operation {op_id!r} is not granted now")
@@ -186,17 +215,57 @@ class RollingOps(ops.Object):
         done = Result(id=op_id, result=result, attempt=granted.attempt, finished_at=_now())
         _store(bag, "requests", self._untaken(_load(bag, "requests")))
         bag["results"] = json.dumps([done.dump()])
+        answer = [op_id, granted.attempt, result]
+        self._stored.answered = [*self._answered()[-(MAX_ANSWERED - 1) :], answer]
 
     @property
     def state(self) -> SubordinateState | None:
-        """What the subordinate says it is doing for this unit, if it has said anything."""
+        """What the subordinate does for this unit, corrected with what this unit knows.
+
+        ``None`` until the subordinate has written its bag. The subordinate rewrites it only
+        when this unit has something to act on (that keeps an operation at 5 hooks), so its
+        ``status`` can be stale; here it is, after every hook:
+
+        - ``unavailable`` when the subordinate says so (no usable backend);
+        - ``granted`` while the grant in its bag (id, attempt) has not been answered by this unit
+          with ``release`` or ``retry-release`` (``retry-hold`` keeps the lock);
+        - otherwise ``waiting`` when ``is_waiting()``, whether the subordinate has taken the
+          request yet or not, and ``idle`` when not.
+
+        ``position`` is the subordinate's only while both it and this view say ``waiting``
+        (``None`` otherwise): it is as of the subordinate's last write. The other fields are the
+        subordinate's, as written.
+        """
         view = self._view()
-        return None if view is None else view.state
+        if view is None:
+            return None
+        reported = view.state
+        if reported.status == "unavailable":
+            status = "unavailable"
+        elif view.granted is not None and not self._answered_with(view.granted, LETS_GO):
+            status = "granted"
+        elif self._waiting(view, None):
+            status = "waiting"
+        else:
+            status = "idle"
+        position = reported.position if status == reported.status == "waiting" else None
+        return reported.model_copy(update={"status": status, "position": position})
 
     def is_waiting(self, callback: str | None = None) -> bool:
-        """Whether an operation (of ``callback``, if given) is requested and not finished."""
-        requested: dict[str, str] = dict(self._stored.requested)  # type: ignore[reportUnknownArgumentType]
-        return any(callback in (None, name) for name in requested.values())
+        """Whether an operation (of ``callback``, if given) is requested and not over.
+
+        An operation this unit requested waits until the subordinate reports it over (finished
+        or rejected) or this unit answers it with ``release`` (its callback ran, or ``finish``
+        was called): the subordinate does not rewrite its bag when it applies that answer, so
+        waiting for it to say ``finished`` would keep this true long after the operation ended.
+        ``retry-release`` and ``retry-hold`` answers keep it waiting. Never raises: a bag that
+        cannot be read counts as saying nothing.
+        """
+        try:
+            view = self._view()
+        except (ValueError, ValidationError):
+            view = None
+        return self._waiting(view, callback)
 
     # -- relation ----------------------------------------------------------------------------
 
@@ -227,6 +296,25 @@ class RollingOps(ops.Object):
         view = self._view()
         return None if view is None else view.granted
 
+    def _answered(self) -> list[list[Any]]:
+        """Answers given and not yet pruned: ``[op id, attempt, result]`` each."""
+        return [list(a) for a in self._stored.answered]  # type: ignore[reportUnknownArgumentType,reportUnknownVariableType]
+
+    def _answered_with(self, grant: Grant, results: frozenset[str]) -> bool:
+        """Whether this unit answered this grant (id and attempt) with one of ``results``."""
+        return any(
+            op_id == grant.id and attempt == grant.attempt and result in results
+            for op_id, attempt, result in self._answered()
+        )
+
+    def _waiting(self, view: SubordinateBag | None, callback: str | None) -> bool:
+        requested: dict[str, str] = dict(self._stored.requested)  # type: ignore[reportUnknownArgumentType]
+        over = set() if view is None else _over(view)
+        over |= {op_id for op_id, _, result in self._answered() if result in TERMINAL}
+        return any(
+            callback in (None, name) and op_id not in over for op_id, name in requested.items()
+        )
+
     def _on_changed(self, _: ops.EventBase) -> None:
         try:
             view = self._view()
@@ -253,20 +341,34 @@ class RollingOps(ops.Object):
         return [r for r in requests if r.get("id") not in taken]
 
     def _forget_finished(self, view: SubordinateBag) -> None:
-        """Stop waiting for operations the subordinate reports as over."""
+        """Stop remembering operations the subordinate reports as over.
+
+        Over: finished or rejected in its bag; or answered ``release`` here and neither granted
+        nor accepted in its bag any more (we saw it granted, so the bag was rewritten since the
+        operation left the queue, and its ``done`` may already be out of the ``finished`` list).
+        """
         for rejection in view.rejected:
             logger.warning("rollingops rejected %s: %s", rejection.id, rejection.reason)
-        over = {r.id for r in view.rejected} | {f.id for f in view.finished}
         requested: dict[str, str] = dict(self._stored.requested)  # type: ignore[reportUnknownArgumentType]
         for finished in view.finished:
-            if finished.outcome == "lock-lost" and finished.id in requested:
+            if finished.outcome in LOST_OUTCOMES and finished.id in requested:
+                reason = finished.reason or LOST_OUTCOMES[finished.outcome]
                 logger.warning(
-                    "rollingops lost the lock during %s: %s", finished.id, finished.reason
+                    "rollingops lost the lock during %s (%s): %s",
+                    finished.id,
+                    finished.outcome,
+                    reason,
                 )
                 self.on.lock_lost.emit(
-                    op_id=finished.id, callback=requested[finished.id], reason=finished.reason
+                    op_id=finished.id, callback=requested[finished.id], reason=reason
                 )
+        held = set(view.accepted) | ({view.granted.id} if view.granted else set())
+        released = {i for i, _, result in self._answered() if result in TERMINAL} - held
+        over = _over(view) | released
         self._stored.requested = {i: c for i, c in requested.items() if i not in over}
+        answered = self._answered()
+        if any(op_id in over for op_id, _, _ in answered):
+            self._stored.answered = [a for a in answered if a[0] not in over]
 
     def _deliver(self, grant: Grant) -> None:
         """Run (or announce) a grant once per attempt."""
@@ -294,6 +396,11 @@ class RollingOps(ops.Object):
             logger.exception("rollingops callback %s failed: retry-release", grant.callback)
             result = "retry-release"
         self.finish(grant.id, result)
+
+
+def _over(view: SubordinateBag) -> set[str]:
+    """Ids the subordinate reports as over: finished (any outcome) or rejected."""
+    return {r.id for r in view.rejected} | {f.id for f in view.finished}
 
 
 def _takes_token(callback: Callback) -> bool:

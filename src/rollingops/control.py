@@ -11,6 +11,7 @@ or its lease tells it); its fencing token is stale from then on. Where etcd refu
 (another application bound a key of its own to the lease, docs/lease-isolation.md), the holder's
 waiter key is deleted instead: only we may write under our prefix, so that always works. The
 lease then lives on, and the stuck worker learns it from its next proving transaction instead.
+The operation it was running then ends as ``revoked`` in its queue (``revoke_running``).
 
 The token floor, ``<domain>/token-floor`` (a decimal integer), keeps fencing tokens increasing
 across backend switches. While the application ran on the peer backend, tokens went on past
@@ -28,7 +29,7 @@ import datetime as dt
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,9 +44,9 @@ from .etcd_client import (
     Op,
     WatchBrokenError,
 )
-from .models import utcnow
+from .models import Outcome, UnitQueue, utcnow
 from .semaphore import Contender, contenders_of
-from .store import domain_prefix, waiters_prefix
+from .store import OperationStore, domain_prefix, waiters_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class DomainControl:
 
     def __init__(self, client: EtcdClient, prefix: str, domain: str, capacity: int) -> None:
         self._client = client
+        self._prefix, self._domain = prefix, domain
         self._waiters = waiters_prefix(prefix, domain)
         self._capacity = capacity
         self.paused_key = client.check_key(f"{domain_prefix(prefix, domain)}paused")
@@ -295,6 +297,26 @@ class DomainControl:
             if how is not None:
                 forced.append(ForcedOut(owner, base + kv.create_revision, kv.lease, how))
         return forced
+
+    def revoke_running(self, unit: str, tokens: Collection[int], reason: str) -> str | None:
+        """End ``unit``'s running operation as ``revoked``, if it still runs under ``tokens``.
+
+        Called after ``release_holders`` with the tokens it took, so that the unit's history
+        says the operator ended the operation and why. Revoke first, then mark: marked first,
+        the still-valid slot would let its worker claim the next operation. Compare-and-swap:
+        an operation that ended meanwhile (the worker wrote ``lock-lost``, or applied a result)
+        or was granted anew under another token is left alone. Returns the id it ended.
+        """
+        ended: str | None = None
+
+        def revoke(queue: UnitQueue) -> UnitQueue:
+            nonlocal ended
+            running = queue.current
+            ended = running.operation.id if running and running.token in tokens else None
+            return queue.abandon(Outcome.REVOKED, reason, utcnow()) if ended else queue
+
+        OperationStore(self._client, self._prefix, self._domain, unit).update(revoke)
+        return ended
 
     def _force_out(self, kv: KeyValue) -> ReleaseMethod | None:
         """Revoke ``kv``'s lease or, if etcd will not, delete ``kv``; return which.

@@ -78,6 +78,9 @@ class Outcome(str, enum.Enum):
     the next unit instead of staying with one whose agent cannot run it."""
     CANCELLED = "cancelled"
     """The operator cancelled it (``cancel`` action), waiting or stuck while running."""
+    REVOKED = "revoked"
+    """The operator force-released the lock while the operation ran (``force-release``
+    action); it is not run again, and exclusion was not kept: it may still be running."""
 
 
 class Operation(_Document):
@@ -144,6 +147,10 @@ class UnitQueue(_Document):
     pending: tuple[Operation, ...] = ()
     current: Grant | None = None
     history: tuple[CompletedOperation, ...] = ()
+    highest_token: int = 0
+    """The highest fencing token this queue was ever granted under. Kept when the operation
+    is requeued (``retry-release``) or its history entry trimmed, so that a peer leader taking
+    over from etcd hands out tokens above every token etcd gave (``peer_scheduler``)."""
 
     @property
     def has_work(self) -> bool:
@@ -180,7 +187,13 @@ class UnitQueue(_Document):
         head, *rest = self.pending
         started = head.model_copy(update={"attempt": head.attempt + 1})
         grant = Grant(operation=started, token=token, granted_at=now)
-        return self.model_copy(update={"pending": tuple(rest), "current": grant})
+        return self.model_copy(
+            update={
+                "pending": tuple(rest),
+                "current": grant,
+                "highest_token": max(self.highest_token, token),
+            }
+        )
 
     def report(self, operation_id: str, result: OperationResult) -> UnitQueue:
         """Record the principal's result for the running operation."""
@@ -227,7 +240,8 @@ class UnitQueue(_Document):
         if self.current is None:
             raise ValueError("no operation is running")
         again = self.current.model_copy(update={"token": token, "granted_at": now})
-        return self.model_copy(update={"current": again})
+        highest = max(self.highest_token, token)
+        return self.model_copy(update={"current": again, "highest_token": highest})
 
     def cancel(self, operation_id: str, reason: str, now: dt.datetime) -> UnitQueue:
         """Drop ``operation_id`` for good, waiting or running; it ends ``cancelled``.

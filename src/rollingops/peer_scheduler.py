@@ -11,7 +11,9 @@ before; the output is the new set of grants. Rules (DESIGN §7):
 - a departed unit's grant is released; a grant is released once its unit has finished the
   operation (it is no longer running, nor waiting at the head of its queue);
 - fencing tokens come from one counter kept with the grants; a re-granted running operation
-  keeps its token.
+  keeps its token;
+- a pause grants nothing new (running operations keep their grants); a revoked operation (the
+  operator's ``force-release``) holds no slot, and its unit ends it as ``revoked``.
 
 Nothing here compares clocks of different units to expire anything: a grant ends only when its
 unit reports the operation finished or leaves. ``requested_at`` only orders requests.
@@ -19,10 +21,12 @@ unit reports the operation finished or leaves. ``requested_at`` only orders requ
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .models import Operation, UnitQueue
+from .backend_choice import Backend
+from .models import Operation, Outcome, UnitQueue
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,14 @@ class Schedule:
 
     grants: dict[str, PeerGrant]
     next_token: int
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """The operator took the lock from ``unit``'s operation running under ``token``."""
+
+    token: int
+    reason: str
 
 
 def _still_needed(grant: PeerGrant, queue: UnitQueue) -> bool:
@@ -74,11 +86,16 @@ def schedule(
     grants: Mapping[str, PeerGrant],
     capacity: int,
     next_token: int,
+    *,
+    paused: bool = False,
+    revoked: Mapping[str, Revocation] | None = None,
 ) -> Schedule:
     """One pass: keep what must stay granted, then fill free slots by priority."""
     next_token = max(next_token, _highest_token(queues) + 1)
     kept: dict[str, PeerGrant] = {}
     for unit, queue in queues.items():
+        if is_revoked(queue, (revoked or {}).get(unit)):
+            continue  # the operator took its slot; its unit ends it
         grant = grants.get(unit)
         if grant is not None and _still_needed(grant, queue):
             kept[unit] = grant
@@ -86,10 +103,15 @@ def schedule(
             # Running without a grant of ours (granted under etcd, or by a former leader).
             kept[unit] = PeerGrant(unit, queue.current.operation.id, queue.current.token)
     waiting = sorted(
-        (unit for unit, queue in queues.items() if unit not in kept and queue.pending),
+        (
+            unit
+            for unit, queue in queues.items()
+            if unit not in kept and queue.current is None and queue.pending
+        ),
         key=lambda unit: (_priority(queues[unit].pending[0]), unit),
     )
-    for unit in waiting[: max(capacity - len(kept), 0)]:
+    free = 0 if paused else max(capacity - len(kept), 0)
+    for unit in waiting[:free]:
         head = queues[unit].pending[0]
         kept[unit] = PeerGrant(unit, head.id, next_token, head.attempt)
         next_token += 1
@@ -98,6 +120,38 @@ def schedule(
 
 def _highest_token(queues: Mapping[str, UnitQueue]) -> int:
     """Tokens seen in any queue (etcd's included), so peer tokens keep increasing after them."""
-    tokens = [e.token for q in queues.values() for e in q.history]
+    tokens = [q.highest_token for q in queues.values()]
+    tokens += [e.token for q in queues.values() for e in q.history]
     tokens += [q.current.token for q in queues.values() if q.current is not None]
     return max(tokens, default=0)
+
+
+def is_revoked(queue: UnitQueue, revocation: Revocation | None) -> bool:
+    """Whether ``queue`` still runs the operation the operator force-released."""
+    current = queue.current
+    return revocation is not None and current is not None and current.token == revocation.token
+
+
+def unit_step(
+    queue: UnitQueue,
+    backend: Backend,
+    grant: PeerGrant | None,
+    revocation: Revocation | None,
+    now: dt.datetime,
+) -> UnitQueue:
+    """Off etcd, a unit does the worker's part on its own queue, once per hook.
+
+    A revoked operation ends ``revoked``; a reported result finishes the running operation
+    (``retry-hold`` runs again under the same grant); otherwise a grant from the leader is
+    claimed, but never in the same pass as a finish, so a ``retry-release`` really gives the
+    lock back before the leader grants again.
+    """
+    current = queue.current
+    if current is not None and is_revoked(queue, revocation):
+        assert revocation is not None  # noqa: S101 - is_revoked checked it
+        return queue.abandon(Outcome.REVOKED, f"force-released: {revocation.reason}", now)
+    if current is not None and current.result is not None:
+        return queue.finish(now)[0]
+    if backend is Backend.PEER and grant is not None and is_claimable(grant, queue):
+        return queue.claim(grant.token, now)
+    return queue

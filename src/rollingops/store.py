@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -87,6 +87,23 @@ def _parse(key: str, value: bytes, mod_revision: int, revision: int) -> QueueSna
     except ValidationError as error:
         raise CorruptQueueError(key, revision, error) from error
     return QueueSnapshot(queue, mod_revision, revision)
+
+
+class QueueStore(Protocol):
+    """Where one unit's authoritative queue lives: ``OperationStore`` (etcd), or a model."""
+
+    def load(self) -> QueueSnapshot:
+        """The queue now."""
+        ...
+
+    def update(
+        self,
+        change: Callable[[UnitQueue], UnitQueue],
+        known: QueueSnapshot | None = None,
+        conditions: Sequence[Any] = (),
+    ) -> QueueSnapshot:
+        """Apply ``change`` atomically; return the queue as written."""
+        ...
 
 
 class OperationStore:

@@ -15,6 +15,9 @@ Run as ``python -m rollingops.worker --config FILE``. The loop:
 The lock lost before the claim: nothing starts, the operation waits for the lock again. The lock
 lost while the operation runs: it ends as ``lock-lost`` in the unit's history, never run again.
 The hook never fired: the operation ends as ``hook-failed`` and the lock goes to the next unit.
+The running operation ended other than by its result (those two verdicts, or someone else's:
+the operator's ``cancel``, a ``force-release``) -> fire the "queue changed" hook once, so that
+the charm reads its queue again. A normal operation costs one hook, "lock granted", no more.
 etcd unreachable for longer than ``failure_deadline`` -> fire the "etcd failed" hook, exit 3.
 SIGTERM -> release the lock and revoke the lease, exit 0.
 """
@@ -81,6 +84,14 @@ class _LostGrant:
         return (grant.operation.id, grant.token) == (self.op, self.token)
 
 
+@dataclass(frozen=True)
+class _Untold:
+    """A running operation that ended other than by its result, until the charm is told."""
+
+    op: str
+    why: str
+
+
 class Worker:
     """Serves one unit's queue until stopped or until etcd is gone for too long."""
 
@@ -104,6 +115,8 @@ class Worker:
         self._snapshot: QueueSnapshot | None = None
         self._lost: _LostGrant | None = None
         """Remembered across an etcd outage, so a lost operation is never granted again."""
+        self._untold: _Untold | None = None
+        """Remembered until the next pass fires the queue-changed hook for it."""
         self._etcd_down = False
         """The last etcd call failed: shutting down must not wait on a dead cluster."""
 
@@ -138,8 +151,10 @@ class Worker:
         snapshot = self._current_snapshot()
         if not snapshot.queue.has_work:
             self._drop_lease()
+            self._tell_queue_changed()
             self._await_change(snapshot, timeout=None)
             return
+        self._tell_queue_changed()
         grant = snapshot.queue.current
         if grant is not None and self._lost is not None and self._lost.matches(grant):
             self._end_lost(snapshot, self._lost.reason)
@@ -185,7 +200,7 @@ class Worker:
         assert snapshot.queue.current is not None  # noqa: S101 - just written
         op = snapshot.queue.current.operation
         record("granted", op=op.id, callback=op.callback, attempt=op.attempt, token=token)
-        self._run_granted()
+        self._run_granted(op.id)
 
     def _finish(self, snapshot: QueueSnapshot) -> None:
         grant = snapshot.queue.current
@@ -225,7 +240,7 @@ class Worker:
                 attempt=grant.operation.attempt + 1,
                 token=grant.token,
             )
-            self._run_granted()
+            self._run_granted(grant.operation.id)
             return
         self._release()
 
@@ -373,6 +388,7 @@ class Worker:
 
         self._write(end, snapshot)
         record("operation-ended", op=op, outcome=outcome.value, token=grant.token, reason=reason)
+        self._untold = _Untold(op, outcome.value)
 
     def _end_lost(self, snapshot: QueueSnapshot, reason: str) -> None:
         """The lock went while the operation ran: record ``lock-lost``; never run it again."""
@@ -383,7 +399,7 @@ class Worker:
         self._end(snapshot, Outcome.LOCK_LOST, f"lock lost while running: {reason}")
         self._lost = None
 
-    def _run_granted(self) -> None:
+    def _run_granted(self, op: str) -> None:
         """Fire the lock-granted hook, then wait for the result; give up after the attempts.
 
         A unit whose hooks cannot run must not hold the domain forever: after
@@ -393,7 +409,7 @@ class Worker:
         hook = self.config.lock_granted_hook
         backoff, failure = _HOOK_BACKOFF_FIRST, ""
         for attempt in range(1, self.config.hook_attempts + 1):
-            if attempt > 1 and (self.stop.wait(backoff) or self._operation_gone()):
+            if attempt > 1 and (self.stop.wait(backoff) or self._operation_gone(op)):
                 return
             backoff = min(backoff * 2, _HOOK_BACKOFF_MAX)
             if (lost := self._lost_lock()) is not None:
@@ -408,32 +424,60 @@ class Worker:
                 record("hook-failed", hook=hook, error=failure, attempt=attempt)
                 continue
             record("hook-fired", hook=hook)
-            self._wait_for_result()
+            self._wait_for_result(op)
             return
         reason = f"{hook} failed {self.config.hook_attempts} times; last: {failure}"
         self._end(self._current_snapshot(), Outcome.HOOK_FAILED, reason)
         self._release()
 
-    def _operation_gone(self) -> bool:
-        """Whether the running operation left the queue meanwhile (the operator's ``cancel``).
+    def _operation_gone(self, op: str) -> bool:
+        """Whether the running operation ``op`` left the queue meanwhile (``cancel``, revoked).
 
         Read fresh, only between failed hook attempts: a hook is not fired again for an
         operation that no longer runs; the next pass releases the lock.
         """
-        running = self._current_snapshot().queue.current
         self._snapshot = self.store.load()
         now = self._snapshot.queue.current
-        gone = now is None or running is None or now.operation.id != running.operation.id
-        if gone:
-            record("operation-gone", op=running.operation.id if running else None)
-        return gone
+        if now is not None and now.operation.id == op:
+            return False
+        self._note_gone(op)
+        return True
 
-    def _wait_for_result(self) -> None:
-        """Wait by watch for the principal's result; end the operation if the lock goes first."""
+    def _note_gone(self, op: str) -> None:
+        """``op`` was running here and someone else ended it (``cancel``, ``force-release``)."""
+        record("operation-gone", op=op)
+        self._untold = _Untold(op, "operation-gone")
+
+    def _tell_queue_changed(self) -> None:
+        """Fire the queue-changed hook once for an operation that ended without its result.
+
+        Fired at the start of the next pass rather than where the end is seen: the lock is
+        released by then (unless this unit keeps it for its next operation), and an etcd error
+        in between does not lose it. A failure is only logged: the charm also reads its queue
+        on its next hook, and the worker must go on serving the domain.
+        """
+        untold, self._untold = self._untold, None
+        if untold is None:
+            return
+        hook = self.config.queue_changed_hook
+        record("queue-changed", op=untold.op, why=untold.why)
+        try:
+            self.hooks.fire(hook, self.stop)
+        except HookFailedError as error:
+            record("hook-failed", hook=hook, error=str(error))
+
+    def _wait_for_result(self, op: str) -> None:
+        """Wait by watch for the principal's result; end the operation if the lock goes first.
+
+        ``op`` leaving the queue first means someone else ended it: the charm is told.
+        """
         while not self.stop.is_set():
             snapshot = self._current_snapshot()
             grant = snapshot.queue.current
-            if grant is None or grant.result is not None:
+            if grant is None or grant.operation.id != op:
+                self._note_gone(op)
+                return
+            if grant.result is not None:
                 return
             if (lost := self._lost_lock()) is not None:
                 self._end_lost(snapshot, lost)

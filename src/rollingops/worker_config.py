@@ -31,6 +31,13 @@ class WorkerConfig(BaseModel):
     hook_runner: Path = Path("/usr/bin/juju-exec")
     lock_granted_hook: HookName = "rollingops-lock-granted"
     etcd_failed_hook: HookName = "rollingops-etcd-failed"
+    queue_changed_hook: HookName = "rollingops-queue-changed"
+    """Fired when the running operation ends other than by the principal's result.
+
+    The worker's verdicts (``lock-lost``, ``hook-failed``) and an end written by someone else
+    (the operator's ``cancel`` or ``force-release``) run no hook of their own in the unit; this
+    one tells the charm to read its queue again, so that it stops saying it holds the lock.
+    """
     failure_deadline: Annotated[float, Field(gt=0, le=3600)] = 30.0
     """Seconds etcd may stay unreachable before the worker fires the failure hook and exits."""
     hook_timeout: Annotated[float, Field(gt=0, le=3600)] = 600.0

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
-from charm_helpers import UNIT, peer, principal_relation, record_of, request, worker_hook
+from charm_helpers import (
+    UNIT,
+    peer,
+    principal_relation,
+    record_of,
+    request,
+    worker_hook,
+)
 from ops import testing
 from test_protocol import changed, etcd_queue, finish, update_etcd_queue
 from testbed.workers import DOMAIN, settings_for
@@ -129,21 +137,79 @@ def test_actions_fail_with_a_clear_message_and_change_nothing(
     assert etcd_queue(wired).pending == ()
 
 
-@pytest.mark.parametrize(
-    ("action", "params"),
-    [
+def peer_leader_state(ctx, *requests: str) -> tuple[testing.State, testing.SubordinateRelation]:
+    """A leader with no etcd after its own hooks: it decided peer and granted the first op."""
+    principal = principal_relation(requests=[request(op, kwargs={"op": op}) for op in requests])
+    state = testing.State(leader=True, relations={peer(), principal})
+    out = ctx.run(ctx.on.start(), state)
+    principal = out.get_relations("rollingops")[0]
+    out = ctx.run(ctx.on.relation_changed(principal, remote_unit=0), out)
+    return out, principal
+
+
+def answer(
+    ctx, out: testing.State, op: str, attempt: int, result: str = "release"
+) -> testing.State:
+    """The principal reports ``result`` for ``op`` (its relation-changed on our side)."""
+    principal = out.get_relations("rollingops")[0]
+    done = {"id": op, "result": result, "attempt": attempt, "finished-at": utcnow().isoformat()}
+    data = {**principal.remote_unit_data, "requests": "", "results": json.dumps([done])}
+    principal = dataclasses.replace(principal, remote_unit_data=data)
+    out = dataclasses.replace(
+        out, relations={*(r for r in out.relations if r.endpoint != "rollingops"), principal}
+    )
+    return ctx.run(ctx.on.relation_changed(principal, remote_unit=0), out)
+
+
+def test_pause_under_peer_holds_new_grants_until_resume(ctx, supervisor):
+    out, _ = peer_leader_state(ctx, "op1", "op2")
+    assert record_of(out).queue.current.operation.id == "op1"
+    out = ctx.run(ctx.on.action("pause", params={"reason": "freeze"}), out)
+    out = answer(ctx, out, "op1", 1)
+    out = ctx.run(ctx.on.update_status(), out)
+    assert record_of(out).queue.current is None, "paused: op2 is not granted"
+    assert "paused by " in out.unit_status.message
+    ctx.run(ctx.on.action("lock-status"), out)
+    assert (ctx.action_results or {})["pause"]["reason"] == "freeze"
+    out = ctx.run(ctx.on.action("resume"), out)
+    assert (ctx.action_results or {})["resumed"] is True
+    out = ctx.run(ctx.on.update_status(), out)
+    assert record_of(out).queue.current.operation.id == "op2"
+
+
+def test_force_release_under_peer_revokes_tells_the_principal_and_moves_on(ctx, supervisor):
+    out, _ = peer_leader_state(ctx, "op1", "op2")
+    token = record_of(out).queue.current.token
+    out = ctx.run(ctx.on.action("force-release", params={"unit": UNIT, "reason": "hung"}), out)
+    assert (ctx.action_results or {})["released-tokens"] == str(token)
+    out = ctx.run(ctx.on.update_status(), out)
+    queue = record_of(out).queue
+    assert [(e.id, e.outcome.value) for e in queue.history] == [("op1", "revoked")]
+    assert queue.current is not None
+    assert queue.current.operation.id == "op2"
+    assert queue.current.token > token
+    finished = json.loads(sub_bag_raw(out)["finished"])
+    assert {"id": "op1", "outcome": "revoked"}.items() <= finished[0].items()
+
+
+def test_peer_lock_actions_on_a_non_leader_say_to_use_the_leader(ctx, supervisor):
+    out, _ = peer_leader_state(ctx, "op1")
+    follower = dataclasses.replace(out, leader=False)
+    for action, params in (
         ("pause", {"reason": "x"}),
         ("resume", {}),
-        ("force-release", {"unit": "a/0", "reason": "x"}),
-        ("run-exclusive", {"command": "true"}),
-    ],
-)
-def test_actions_needing_etcd_fail_without_it(ctx, supervisor, action, params):
-    with pytest.raises(testing.ActionFailed) as failed:
-        ctx.run(
-            ctx.on.action(action, params=params), testing.State(leader=True, relations={peer()})
-        )
-    assert failed.value.message.startswith("etcd is not available")
+        ("force-release", {"unit": UNIT, "reason": "x"}),
+    ):
+        with pytest.raises(testing.ActionFailed, match=r"run .* on the leader unit"):
+            ctx.run(ctx.on.action(action, params=params), follower)
+
+
+def test_lock_status_says_none_while_etcd_is_chosen_but_not_usable(ctx, supervisor, wired):
+    unready = dataclasses.replace(wired.state(peer(), leader=False), secrets=set())
+    ctx.run(ctx.on.action("lock-status"), unready)
+    assert (ctx.action_results or {})["backend"] == "none"
+    with pytest.raises(testing.ActionFailed, match="etcd is not usable yet"):
+        ctx.run(ctx.on.action("run-exclusive", params={"command": "true"}), unready)
 
 
 def test_run_exclusive_during_peer_fallback_runs_once_and_is_not_lost(ctx, supervisor, wired):
@@ -195,9 +261,5 @@ def test_cancel_of_an_unknown_operation_fails_and_changes_nothing(ctx, superviso
     assert [op.id for op in etcd_queue(wired).pending] == ["op1"]
 
 
-def test_etcd_only_actions_say_the_application_is_on_the_peer_backend(ctx, supervisor, wired):
-    wired.cluster.members[0].kill()
-    out = ctx.run(worker_hook("rollingops_etcd_failed"), wired.state(peer(), leader=True))
-    for action, params in (("pause", {"reason": "x"}), ("resume", {})):
-        with pytest.raises(testing.ActionFailed, match="on the peer backend, not etcd"):
-            ctx.run(ctx.on.action(action, params=params), out)
+def sub_bag_raw(state: testing.State) -> dict[str, str]:
+    return dict(state.get_relations("rollingops")[0].local_unit_data)

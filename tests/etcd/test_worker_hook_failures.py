@@ -36,7 +36,14 @@ def test_a_hook_that_keeps_failing_drops_the_operation_and_frees_the_lock(farm, 
     assert (dropped.id, dropped.outcome) == ("doomed", Outcome.HOOK_FAILED)
     assert f"failed {DEFAULT_ATTEMPTS} times" in dropped.reason
     assert "cannot reach the unit agent" in dropped.reason
-    assert len(calls.read_text().splitlines()) == DEFAULT_ATTEMPTS
+    granted = [c for c in calls.read_text().splitlines() if "rollingops-lock-granted" in c]
+    assert len(granted) == DEFAULT_ATTEMPTS
     assert done.outcome is Outcome.DONE
     assert done.token > dropped.token
     assert farm.store(client, "app/0").load().queue.current is None
+    told = wait_until(
+        lambda: [e for e in events(farm, "app/0", "hook-failed") if "queue-changed" in e["hook"]],
+        what="the queue-changed hook tried",
+    )
+    assert len(told) == 1
+    assert farm.processes["app/0"].poll() is None, "a failed queue-changed hook is not fatal"

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
+from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import ops
 import pytest
 from ops import testing
+from rollingops_charm.intake import absorb, apply, take
+from rollingops_charm.principal import PrincipalLink, subordinate_bag
+from rollingops_charm.unit_record import UnitRecord
 from rollingops_principal import (
     LockLostEvent,
+    PrincipalBag,
     RollingOps,
     RollingOpsError,
     SubordinateBag,
     SubordinateState,
 )
 from rollingops_principal.protocol import Finished, Grant, Rejection
+
+from rollingops.backend_choice import Backend
+from rollingops.models import Outcome
 
 META = {"name": "principal", "provides": {"rollingops": {"interface": "rollingops"}}}
 ACTIONS = {"restart": {"params": {"kwargs": {"type": "string"}, "callback": {"type": "string"}}}}
@@ -206,7 +217,8 @@ def test_finished_and_rejected_requests_stop_waiting(ctx):
     )
     with ctx(ctx.on.update_status(), out) as manager:
         assert manager.charm.rolling.is_waiting() is False
-        assert manager.charm.rolling.state == SubordinateState(backend="etcd", status="waiting")
+        # The bag says waiting, but the only operation requested is finished: nothing waits.
+        assert manager.charm.rolling.state == SubordinateState(backend="etcd", status="idle")
 
 
 def test_a_subordinate_speaking_another_protocol_is_ignored(ctx):
@@ -248,3 +260,188 @@ def test_kwargs_cannot_shadow_the_token_of_a_callback_that_takes_it(ctx):
     params = {"callback": "fenced", "kwargs": json.dumps({"token": 1})}
     with pytest.raises(testing.errors.UncaughtCharmError, match="receives the fencing token"):
         ctx.run(ctx.on.action("restart", params=params), testing.State(relations={rel}))
+
+
+# -- against the subordinate's real bags ---------------------------------------------------------
+#
+# The subordinate writes its bag only when the principal has something to act on (5 hooks per
+# operation), so the principal must not take its ``state`` at face value. These tests show the
+# principal only bags the real subordinate code writes, when it writes them.
+
+T0 = dt.datetime(2026, 11, 25, 10, tzinfo=dt.timezone.utc)
+
+
+class _OneRelation:
+    """What ``PrincipalLink.publish`` uses of ``ops.Model``: our bag in the container relation."""
+
+    unit = "rollingops/0"
+
+    def __init__(self, bag: dict[str, str]) -> None:
+        self._relation = SimpleNamespace(data={self.unit: bag})
+
+    def get_relation(self, _name: str) -> Any:
+        return self._relation
+
+
+class Subordinate:
+    """The subordinate unit, driven through the real code only.
+
+    Its record changes by the charm's own intake (``take``/``apply``/``absorb``: enqueue and
+    report on the real ``UnitQueue``) and the worker's transitions (``claim``, ``finish``,
+    ``abandon``). Its bag is ``subordinate_bag`` of that record, written by the real
+    ``PrincipalLink.publish`` at the end of a subordinate hook: only when something actionable
+    changed. The worker's own transitions fire no hook unless it says so.
+    """
+
+    def __init__(self) -> None:
+        self.record = UnitRecord()
+        self.token = 0
+        self.bag: dict[str, str] = {}
+        self._link = PrincipalLink(_OneRelation(self.bag), "principal")  # type: ignore[arg-type]
+        assert self.hook(), "the first publish always writes"
+
+    def hook(self) -> bool:
+        """A subordinate hook ends: publish; return whether the bag was written."""
+        before = dict(self.bag)
+        self._link.publish(subordinate_bag(self.record, backend=Backend.ETCD))
+        return self.bag != before
+
+    def sync(self, principal: Mapping[str, str]) -> bool:
+        """``relation-changed`` from the principal: take its requests and results, publish."""
+        intake = take(PrincipalBag.parse(principal), self.record.queue, set(self.record.seen))
+        queue, applied = apply(self.record.queue, intake)
+        self.record = absorb(self.record, queue, intake, applied)
+        return self.hook()
+
+    def grant(self) -> bool:
+        """The worker claims the lock for the head operation and fires the grant hook."""
+        self.token += 1
+        self._set(self.record.queue.claim(self.token, T0))
+        return self.hook()
+
+    def work(self) -> None:
+        """The worker applies the reported result in etcd: no hook, so nothing is written."""
+        queue, _kept = self.record.queue.finish(T0)
+        self._set(queue)
+
+    def lose(self, outcome: str, reason: str) -> bool:
+        """The running operation ends for good (``lock-lost``: the worker lost the lock;
+        ``revoked``: the operator force-released it); the queue-changed hook fires.
+        """
+        self._set(self.record.queue.abandon(Outcome(outcome), reason, T0))
+        return self.hook()
+
+    def _set(self, queue: Any) -> None:
+        self.record = self.record.model_copy(update={"queue": queue})
+
+
+def written(state: testing.State) -> dict[str, str]:
+    return dict(state.get_relations("rollingops")[0].local_unit_data)
+
+
+def with_bag(state: testing.State, sub: Subordinate) -> tuple[testing.Relation, testing.State]:
+    """The principal's state once the subordinate's bag, as now written, reached it."""
+    rel = dataclasses.replace(state.get_relations("rollingops")[0], remote_units_data={0: sub.bag})
+    return rel, dataclasses.replace(state, relations={rel})
+
+
+def shown(ctx: testing.Context[Principal], state: testing.State) -> tuple[str, int | None, bool]:
+    """(status, position, is_waiting) as the principal sees them in its next hook of its own."""
+    with ctx(ctx.on.update_status(), state) as manager:
+        manager.run()
+        view = manager.charm.rolling.state
+        assert view is not None
+        return view.status, view.position, manager.charm.rolling.is_waiting()
+
+
+def requested(ctx: testing.Context[Principal]) -> tuple[Subordinate, testing.State, str]:
+    """The subordinate published (idle), then the principal requested ``restart``."""
+    sub = Subordinate()
+    rel, state = with_bag(testing.State(relations={relation()}), sub)
+    state = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
+    state = ctx.run(ctx.on.action("restart"), state)
+    return sub, state, ctx.action_results["op"]
+
+
+def granted(
+    ctx: testing.Context[Principal], sub: Subordinate, state: testing.State
+) -> tuple[testing.State, tuple[str, int | None, bool]]:
+    """The grant's ``relation-changed``: the callback runs; what the principal sees after it."""
+    rel, state = with_bag(state, sub)
+    with ctx(ctx.on.relation_changed(rel, remote_unit=0), state) as manager:
+        out = manager.run()
+        view = manager.charm.rolling.state
+        assert view is not None
+        return out, (view.status, view.position, manager.charm.rolling.is_waiting())
+
+
+def test_a_request_taken_but_not_republished_shows_waiting(ctx):
+    sub, state, op_id = requested(ctx)
+    assert shown(ctx, state) == ("waiting", None, True), "not taken yet"
+    assert not sub.sync(written(state)), "taking a request is not actionable: no write"
+    assert [op.id for op in sub.record.queue.pending] == [op_id]
+    assert SubordinateBag.from_databag(sub.bag).state.status == "idle"
+    assert shown(ctx, state) == ("waiting", None, True)
+
+
+def test_released_in_the_grant_hook_is_neither_granted_nor_waiting(ctx):
+    sub, state, _ = requested(ctx)
+    sub.sync(written(state))
+    assert sub.grant()
+    state, after_callback = granted(ctx, sub, state)
+    assert Principal.calls == [{}]
+    assert after_callback == ("idle", None, False)
+    assert not sub.sync(written(state)), "the result is applied by the worker, not published"
+    sub.work()
+    assert SubordinateBag.from_databag(sub.bag).granted is not None, "the bag still grants"
+    assert sub.record.queue.current is None
+    assert shown(ctx, state) == ("idle", None, False)
+
+
+def test_retry_release_keeps_the_operation_waiting_until_released(ctx):
+    Principal.outcome = "retry-release"
+    sub, state, _ = requested(ctx)
+    sub.sync(written(state))
+    assert sub.grant()
+    state, after_callback = granted(ctx, sub, state)
+    assert after_callback == ("waiting", None, True)
+    assert not sub.sync(written(state))
+    sub.work()
+    assert shown(ctx, state) == ("waiting", None, True)
+    Principal.outcome = None
+    assert sub.grant(), "attempt 2 is granted"
+    state, after_callback = granted(ctx, sub, state)
+    assert len(Principal.calls) == 2
+    assert after_callback == ("idle", None, False)
+
+
+def test_retry_hold_keeps_the_grant_until_released(ctx):
+    Principal.outcome = "retry-hold"
+    sub, state, _ = requested(ctx)
+    sub.sync(written(state))
+    assert sub.grant()
+    state, after_callback = granted(ctx, sub, state)
+    assert after_callback == ("granted", None, True)
+    assert not sub.sync(written(state))
+    sub.work()
+    assert shown(ctx, state) == ("granted", None, True)
+    Principal.outcome = None
+    assert sub.hook(), "the worker fires the grant hook for attempt 2, same token"
+    state, after_callback = granted(ctx, sub, state)
+    assert len(Principal.calls) == 2
+    assert after_callback == ("idle", None, False)
+
+
+@pytest.mark.parametrize("outcome", ["lock-lost", "revoked"])
+def test_a_lock_lost_or_revoked_while_running_is_announced(ctx, outcome):
+    sub, state, op_id = requested(ctx)
+    sub.sync(written(state))
+    assert sub.grant()
+    reason = f"{outcome}: force-released by the operator"
+    assert sub.lose(outcome, reason), "an operation that ends other than done is published"
+    rel, state = with_bag(state, sub)
+    state = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
+    announced = [e for e in ctx.emitted_events if isinstance(e, LockLostEvent)]
+    assert [(e.op_id, e.callback, e.reason) for e in announced] == [(op_id, "restart", reason)]
+    assert Principal.calls == [], "the grant was gone when the principal looked"
+    assert shown(ctx, state) == ("idle", None, False)

@@ -5,7 +5,9 @@ Called as ``fake_juju_exec.py -u UNIT "JUJU_DISPATCH_PATH=hooks/NAME /charm/disp
 records the call to ``$FAKE_JUJU_RECORD`` (one JSON line), and on the lock-granted hook plays the
 charm and principal: reads the running operation from etcd, holds for ``kwargs["hold"]``
 seconds, and reports ``kwargs["results"][attempt - 1]`` (default ``release``), or nothing when
-that entry is null.
+that entry is null; ``kwargs["hook_fails"]`` makes that hook fail instead, like an unreachable
+unit agent. On the queue-changed hook it records what the charm would then read: the running
+operation and the last one ended.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rollingops.etcd_client import EtcdClient
@@ -30,15 +34,35 @@ def record(**fields: object) -> None:
         out.write(json.dumps({"ts": time.time(), **fields}) + "\n")
 
 
-def play_charm(unit: str) -> None:
+@contextmanager
+def unit_store(unit: str) -> Iterator[OperationStore]:
     config = WorkerConfig.load(
         Path(os.environ["FAKE_JUJU_CONFIGS"]) / f"{unit.replace('/', '-')}.json"
     )
     with EtcdClient(config.etcd) as client:
-        store = OperationStore(client, config.etcd.prefix, config.domain, unit)
+        yield OperationStore(client, config.etcd.prefix, config.domain, unit)
+
+
+def read_queue(unit: str) -> None:
+    with unit_store(unit) as store:
+        queue = store.load().queue
+    last = queue.history[-1] if queue.history else None
+    record(
+        unit=unit,
+        event="queue-read",
+        current=queue.current.operation.id if queue.current else None,
+        last=[last.id, last.outcome.value] if last else None,
+    )
+
+
+def play_charm(unit: str) -> int:
+    with unit_store(unit) as store:
         grant = store.load().queue.current
         assert grant is not None
         op = grant.operation
+        if op.kwargs.get("hook_fails"):
+            print("cannot reach the unit agent", file=sys.stderr)
+            return 1
         record(
             unit=unit,
             event="start",
@@ -53,6 +77,7 @@ def play_charm(unit: str) -> None:
         record(unit=unit, event="end", op=op.id, token=grant.token, attempt=op.attempt)
         if result is not None:
             store.update(lambda q: q.report(op.id, OperationResult(result)))
+    return 0
 
 
 def main() -> int:
@@ -63,7 +88,9 @@ def main() -> int:
     hook = match.group(1)
     record(unit=unit, event="hook", hook=hook, context="JUJU_CONTEXT_ID" in os.environ)
     if hook == "rollingops-lock-granted":
-        play_charm(unit)
+        return play_charm(unit)
+    if hook == "rollingops-queue-changed":
+        read_queue(unit)
     return 0
 
 
