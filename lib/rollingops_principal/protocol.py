@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -145,6 +145,12 @@ class Rejection(_Reported):
     reason: str
 
 
+FinishedOutcome = Literal[
+    "done", "dropped", "merged", "lock-lost", "revoked", "hook-failed", "cancelled"
+]
+KNOWN_OUTCOMES = frozenset(get_args(FinishedOutcome))
+
+
 class Finished(_Reported):
     """A request that needs no more waiting for.
 
@@ -161,10 +167,9 @@ class Finished(_Reported):
     """
 
     id: OperationId
-    outcome: Literal[
-        "done", "dropped", "merged", "lock-lost", "revoked", "hook-failed", "cancelled"
-    ]
-    """One of the outcomes above; a subordinate of the same protocol version adds none."""
+    outcome: FinishedOutcome
+    """One of the outcomes above. A newer subordinate may add outcomes (an additive change):
+    ``SubordinateBag.from_databag`` leaves out entries with one it does not know."""
     attempts: int
     reason: str = ""
 
@@ -273,6 +278,12 @@ class SubordinateBag(_Reported):
             for key in keys
             if data.get(key)
         }
+        if isinstance(loaded.get("finished"), list):
+            loaded["finished"] = [
+                entry
+                for entry in loaded["finished"]
+                if not isinstance(entry, dict) or entry.get("outcome") in KNOWN_OUTCOMES
+            ]
         return cls.model_validate(loaded)
 
 

@@ -319,6 +319,7 @@ def test_the_venv_holds_the_main_dependencies_and_no_dev_tool(packed: Packed) ->
         ("install", "install"),
         ("update-status", "update_status"),
         ("rollingops-lock-granted", "rollingops_lock_granted"),
+        ("rollingops-queue-changed", "rollingops_queue_changed"),
     ],
 )
 def test_a_hook_reaches_its_handler(packed: Packed, tmp_path: Path, hook: str, event: str) -> None:

@@ -135,3 +135,19 @@ def test_a_subordinate_bag_too_deep_is_a_value_error_not_a_crash():
         SubordinateBag.from_databag(data | {"granted": "[" * 100_000})
     with pytest.raises(ValueError, match="state is not JSON: NaN is not a JSON number"):
         SubordinateBag.from_databag(data | {"state": '{"queue-length": NaN}'})
+
+
+def test_a_finished_outcome_from_a_newer_subordinate_is_left_out_not_fatal():
+    """New outcomes are an additive change: a reader ignores what it does not know."""
+    data = {
+        "protocol": "1",
+        "state": json.dumps({"backend": "etcd", "status": "idle"}),
+        "finished": json.dumps(
+            [
+                {"id": "op1", "outcome": "teleported", "attempts": 1},
+                {"id": "op2", "outcome": "done", "attempts": 1},
+            ]
+        ),
+    }
+    bag = SubordinateBag.from_databag(data)
+    assert [f.id for f in bag.finished] == ["op2"]

@@ -319,6 +319,18 @@ class Cluster:
         )
         return str((unit.ctx.action_results or {})["op"])
 
+    def action(self, unit: str, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run an operator's action on ``unit`` (one hook); its results, or raise its failure."""
+        sim = self.units[unit]
+        self._execute(
+            Hook(unit, f"{name}-action", lambda u: u.ctx.on.action(name, params=params or {}))
+        )
+        return dict(sim.ctx.action_results or {})
+
+    def status(self, unit: str) -> str:
+        """The unit status ``unit`` set in its last hook."""
+        return str(self.units[unit].state.unit_status.message)
+
     def records(self) -> list[dict[str, Any]]:
         """The demo principals' records."""
         if not self.record_file.exists():

@@ -6,7 +6,8 @@ Every grant is written to ``$ROLLINGOPS_DEMO_RECORD`` (default
 op, callback, attempt and fencing token. ``kwargs`` steer it: ``seconds`` (how long a restart
 takes), ``results`` (result per attempt, default ``release``; ``null`` never answers),
 ``fail-times`` (for ``flaky``:
-raise on the first attempts, which the library reports as ``retry-release``).
+raise on the first attempts, which the library reports as ``retry-release``). A grant taken
+away while it ran (lock lost, or the operator's force-release) is recorded as ``lost``.
 
 The ``record`` action returns this unit's lines, so that tests on a real controller can read
 them without a shell on the machine. The unit is active once related to the subordinate; its
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import ops
-from rollingops_principal import LockGrantedEvent, RollingOps
+from rollingops_principal import LockGrantedEvent, LockLostEvent, RollingOps
 
 RECORD_ENV = "ROLLINGOPS_DEMO_RECORD"
 RELATION = "rollingops"
@@ -41,6 +42,7 @@ class DemoPrincipal(ops.CharmBase):
         self._attempts = 0
         self.rolling = RollingOps(self, RELATION, callbacks={"flaky": self._flaky})
         framework.observe(self.rolling.on.lock_granted, self._on_lock_granted)
+        framework.observe(self.rolling.on.lock_lost, self._on_lock_lost)
         framework.observe(self.on.restart_action, self._on_restart_action)
         framework.observe(self.on.record_action, self._on_record_action)
         framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
@@ -81,6 +83,10 @@ class DemoPrincipal(ops.CharmBase):
         self._record("end", event.op_id, event.callback, event.attempt, event.token, result=result)
         if result is not None:  # null: a principal that never answers (stuck)
             self.rolling.finish(event.op_id, result)
+
+    def _on_lock_lost(self, event: LockLostEvent) -> None:
+        """Recorded as ``lost``: the operation may have overlapped another unit's."""
+        self._record("lost", event.op_id, event.callback, 0, 0, reason=event.reason)
 
     def _flaky(self, **kwargs: Any) -> None:
         grant = self.rolling.granted
