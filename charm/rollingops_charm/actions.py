@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ops
-from pydantic import JsonValue
+from pydantic import JsonValue, ValidationError
 
 from rollingops.command import to_argv
 from rollingops.etcd_client import EtcdError
@@ -24,6 +24,8 @@ from .exclusive import CALLBACK as EXCLUSIVE
 from .unit_record import ExclusiveRun, ForcedRelease, RecordStore, UnitRecord
 
 _T = TypeVar("_T")
+MAX_TIMEOUT = 86400.0
+"""Seconds a run-exclusive command may run (a day)."""
 OUTPUT_TAIL = 2000
 """Characters of a run-exclusive command's output shown by ``history``."""
 
@@ -239,6 +241,18 @@ def resume(context: ActionContext, event: ops.ActionEvent) -> None:
         event.set_results({"resumed": was_paused})
 
 
+def _field(loc: tuple[int | str, ...]) -> str:
+    """An operation field as the action names it (``max_retry`` is ``max-retry``)."""
+    return ".".join(str(part).replace("_", "-") for part in loc)
+
+
+def _timeout(event: ops.ActionEvent) -> float:
+    timeout = float(event.params.get("timeout", 300))
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout must be more than 0 and at most {MAX_TIMEOUT} seconds")
+    return timeout
+
+
 def run_exclusive(context: ActionContext, event: ops.ActionEvent) -> None:
     """Queue an operator command to run on this machine under the lock."""
     try:
@@ -249,13 +263,20 @@ def run_exclusive(context: ActionContext, event: ops.ActionEvent) -> None:
     record = _record(context, event)
     if record is None:
         return
-    op = Operation(
-        id=f"exclusive-{secrets.token_hex(4)}",
-        callback=EXCLUSIVE,
-        kwargs={"argv": list[JsonValue](argv), "timeout": float(event.params.get("timeout", 300))},
-        max_retry=int(event.params.get("max-retry", 0)),
-        requested_at=utcnow(),
-    )
+    try:
+        op = Operation(
+            id=f"exclusive-{secrets.token_hex(4)}",
+            callback=EXCLUSIVE,
+            kwargs={"argv": list[JsonValue](argv), "timeout": _timeout(event)},
+            max_retry=int(event.params.get("max-retry", 0)),
+            requested_at=utcnow(),
+        )
+    except ValidationError as error:
+        event.fail("; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in error.errors()))
+        return
+    except ValueError as error:
+        event.fail(str(error))
+        return
     queued = _attempt(event, lambda: context.backend.enqueue(record, op))
     if queued is None:
         return

@@ -353,7 +353,11 @@ class LocalLock(LockBackend):
         First-time requests first, oldest first (``peer_scheduler``).
         """
         state = self._state()
-        grants = sorted(state.schedule.grants.values(), key=lambda g: g.token)
+        present = state.epochs.keys() | state.queues.keys()
+        grants = sorted(
+            (g for g in state.schedule.grants.values() if g.unit in present),
+            key=lambda g: g.token,
+        )
         holders = tuple(self._holder(state, g.unit, g.token) for g in grants)
         heads = [
             (unit, queue.pending[0])
@@ -396,14 +400,23 @@ class LocalLock(LockBackend):
 
     @override
     def force_release(self, unit: str, reason: str) -> list[int]:
+        """Revoke the unit's running operation, or its grant never claimed.
+
+        A grant is never claimed when the unit's machine is down. Either way the operation ends
+        ``revoked`` and its slot goes to the next unit.
+        """
         peer = self._peer_leader("force-release")
         state = peer.state()
         running = state.queues.get(unit, UnitQueue()).current
-        if running is None:
+        grant = state.schedule.grants.get(unit)
+        if running is not None:
+            revocation = Revocation(running.token, reason, running.operation.id)
+        elif grant is not None:
+            revocation = Revocation(grant.token, reason, grant.op_id)
+        else:
             return []
-        revocation = Revocation(running.token, reason)
         peer.write_revocation(unit, revocation)
-        return [running.token]
+        return [revocation.token]
 
 
 class UnreadyLock(LockBackend):

@@ -8,6 +8,7 @@ principal. The worker process does the waiting; no hook ever waits for the lock.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -467,27 +468,54 @@ class RollingOpsCharm(ops.CharmBase):
         peer = self._peer()
         if peer is None or self.settings is None:
             return False
+        state = peer.state()
+        if state.backend is Backend.ETCD:
+            state = self._mirror_etcd_pause(peer, state)
         known = Leadership(
             members=frozenset({self.unit.name, *(u.name for u in peer.relation.units)}),
             etcd_usable=self.etcd_settings() is not None,
             fallback=self.settings.fallback,
             capacity=self.settings.max_concurrent,
         )
-        step = lead(peer.state(), known, self._fence_past_peer, utcnow())
+        step = lead(state, known, lambda token: self._fence_past_peer(token, state), utcnow())
         peer_relation.write_step(peer.relation, self.app, step)
         return step.changed
 
-    def _fence_past_peer(self, highest_peer_token: int) -> bool:
-        """Raise etcd's token floor past every peer grant, so tokens keep rising on return."""
+    def _domain_control(self, client: EtcdClient) -> DomainControl:
+        capacity = self.settings.max_concurrent if self.settings else 1
+        return DomainControl(client, client.prefix, DOMAIN, capacity)
+
+    def _mirror_etcd_pause(self, peer: PeerLink, state: PeerState) -> PeerState:
+        """Under etcd, keep etcd's pause in the peer bag too, so a fallback keeps it."""
         settings = self.etcd_settings()
-        if settings is None or self.settings is None:
+        if settings is None:
+            return state
+        try:
+            with EtcdClient(settings) as client:
+                pause = self._domain_control(client).paused()
+        except EtcdError:
+            return state  # etcd unreachable: the last mirrored pause stands
+        if pause != state.pause:
+            peer.write_pause(pause)
+        return dataclasses.replace(state, pause=pause)
+
+    def _fence_past_peer(self, highest_peer_token: int, state: PeerState) -> bool:
+        """Make etcd ready to grant again after peer or none.
+
+        Its token floor goes past every peer token (tokens keep rising), and it takes the peer
+        backend's pause, or loses a stale one an operator lifted meanwhile.
+        """
+        settings = self.etcd_settings()
+        if settings is None:
             return False
         try:
             with EtcdClient(settings) as client:
-                control = DomainControl(
-                    client, client.prefix, DOMAIN, self.settings.max_concurrent
-                )
+                control = self._domain_control(client)
                 control.raise_token_floor(highest_peer_token)
+                if state.pause is None:
+                    control.resume()
+                elif control.paused() != state.pause:
+                    control.pause(state.pause.reason, state.pause.by)
         except EtcdError as error:
             logger.warning("cannot raise etcd's token floor yet, staying off etcd: %s", error)
             return False

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import TypeVar
 
 import ops
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
+from rollingops_principal.untrusted_json import loads
 
 from rollingops.control import Pause
 from rollingops.leadership import Decision, LeaderStep, PeerState
@@ -33,10 +35,42 @@ from rollingops.peer_scheduler import PeerGrant, Revocation, Schedule
 
 logger = logging.getLogger(__name__)
 _M = TypeVar("_M", Decision, Pause)
+_T = TypeVar("_T")
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_MAX_VALUE_BYTES = 256 * 1024
+_MAX_DEPTH = 8
+UNREADABLE_PAUSE = "the pause in the peer relation is unreadable: run resume to clear it"
+
+
+class _GrantEntry(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    op_id: str = Field(alias="op-id", min_length=1, max_length=256)
+    token: StrictInt = Field(ge=1)
+    attempt: StrictInt = Field(default=0, ge=0)
+
+
+class _Revoked(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    token: StrictInt = Field(ge=1)
+    op_id: str = Field(default="", alias="op-id", max_length=256)
+    reason: str = Field(max_length=1024)
+
+
+_GRANTS = TypeAdapter(dict[str, _GrantEntry])
+_REVOKED = TypeAdapter(dict[str, _Revoked])
 
 
 def read(relation: ops.Relation, app: ops.Application, me: ops.Unit) -> PeerState:
-    """Parse the peer relation as seen by this unit (its own bag and its peers')."""
+    """Parse the peer relation as seen by this unit (its own bag and its peers').
+
+    Unreadable values are left out and logged, with two exceptions that fail safe: an
+    unreadable decision is reported as such (the leader then fences as if returning from
+    peer), and an unreadable pause is a pause (grants stop until an operator resumes).
+    """
     app_bag = relation.data[app]
     unreadable: list[str] = []
     queues: dict[str, UnitQueue] = {}
@@ -44,7 +78,7 @@ def read(relation: ops.Relation, app: ops.Application, me: ops.Unit) -> PeerStat
     failed: set[str] = set()
     for unit in (me, *relation.units):
         bag = relation.data[unit]
-        if bag.get("queue-epoch", "").isdigit():
+        if _DIGITS.fullmatch(bag.get("queue-epoch", "")):
             epochs[unit.name] = int(bag["queue-epoch"])
         if bag.get("queue"):
             try:
@@ -55,16 +89,29 @@ def read(relation: ops.Relation, app: ops.Application, me: ops.Unit) -> PeerStat
             failed.add(unit.name)
     decision = _model(app_bag, "backend", Decision, unreadable)
     pause = _model(app_bag, "pause", Pause, unreadable)
-    schedule = _schedule(app_bag)
-    if schedule is None:
-        unreadable.append("grants")
-        schedule = Schedule({}, 1)
-    revoked = _revoked(app_bag)
-    if revoked is None:
-        unreadable.append("revoked")
+    if pause is None and "pause" in unreadable:
+        pause = Pause(reason=UNREADABLE_PAUSE, by="unknown", since=utcnow())
+    grants = _untrusted(app_bag, "grants", _GRANTS, unreadable) or {}
+    revoked = _untrusted(app_bag, "revoked", _REVOKED, unreadable) or {}
+    next_token = app_bag.get("next-token", "")
+    if next_token and not _DIGITS.fullmatch(next_token):
+        unreadable.append("next-token")
     if unreadable:
         logger.warning("peer relation data unreadable, ignored: %s", ", ".join(unreadable))
-    return PeerState(decision, schedule, queues, epochs, frozenset(failed), pause, revoked or {})
+    schedule = Schedule(
+        {u: PeerGrant(u, g.op_id, g.token, g.attempt) for u, g in grants.items()},
+        int(next_token) if _DIGITS.fullmatch(next_token) else 1,
+    )
+    return PeerState(
+        decision,
+        schedule,
+        queues,
+        epochs,
+        frozenset(failed),
+        pause,
+        {u: Revocation(r.token, r.reason, r.op_id) for u, r in revoked.items()},
+        decision_unreadable="backend" in unreadable,
+    )
 
 
 def _model(bag: Mapping[str, str], key: str, model: type[_M], unreadable: list[str]) -> _M | None:
@@ -77,23 +124,17 @@ def _model(bag: Mapping[str, str], key: str, model: type[_M], unreadable: list[s
         return None
 
 
-def _schedule(app_bag: Mapping[str, str]) -> Schedule | None:
-    try:
-        raw = json.loads(app_bag.get("grants") or "{}")
-        grants = {
-            unit: PeerGrant(unit, g["op-id"], int(g["token"]), int(g.get("attempt", 0)))
-            for unit, g in raw.items()
-        }
-        return Schedule(grants, int(app_bag.get("next-token") or 1))
-    except (ValueError, KeyError, TypeError, AttributeError):
+def _untrusted(
+    bag: Mapping[str, str], key: str, adapter: TypeAdapter[_T], unreadable: list[str]
+) -> _T | None:
+    """A JSON value of the application bag, bounded in size and depth, or None."""
+    if not bag.get(key):
         return None
-
-
-def _revoked(app_bag: Mapping[str, str]) -> dict[str, Revocation] | None:
     try:
-        raw = json.loads(app_bag.get("revoked") or "{}")
-        return {unit: Revocation(int(r["token"]), str(r["reason"])) for unit, r in raw.items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+        raw = loads(bag[key], key, max_bytes=_MAX_VALUE_BYTES, max_depth=_MAX_DEPTH)
+        return adapter.validate_python(raw)
+    except (ValueError, ValidationError):
+        unreadable.append(key)
         return None
 
 
@@ -103,7 +144,7 @@ def write_step(relation: ops.Relation, app: ops.Application, step: LeaderStep) -
         u: {"op-id": g.op_id, "token": g.token, "attempt": g.attempt}
         for u, g in sorted(step.schedule.grants.items())
     }
-    revoked = {u: {"token": r.token, "reason": r.reason} for u, r in sorted(step.revoked.items())}
+    revoked = {u: _revocation(r) for u, r in sorted(step.revoked.items())}
     _update(
         relation.data[app],
         {
@@ -123,12 +164,16 @@ def write_pause(relation: ops.Relation, app: ops.Application, pause: Pause | Non
 def write_revocation(
     relation: ops.Relation, app: ops.Application, unit: str, revocation: Revocation
 ) -> None:
-    """Leader: take the slot from ``unit``'s running operation (the operator's force-release)."""
+    """Leader: take the slot from ``unit``'s operation (the operator's force-release)."""
     bag = relation.data[app]
-    current = _revoked(bag) or {}
-    current[unit] = revocation
-    raw = {u: {"token": r.token, "reason": r.reason} for u, r in sorted(current.items())}
-    _update(bag, {"revoked": json.dumps(raw)})
+    entries = _untrusted(bag, "revoked", _REVOKED, []) or {}
+    raw = {u: r.model_dump(by_alias=True) for u, r in entries.items()}
+    raw[unit] = _revocation(revocation)
+    _update(bag, {"revoked": json.dumps(dict(sorted(raw.items())))})
+
+
+def _revocation(revocation: Revocation) -> dict[str, object]:
+    return {"token": revocation.token, "op-id": revocation.op_id, "reason": revocation.reason}
 
 
 def _update(bag: ops.RelationDataContent, values: Mapping[str, str]) -> None:

@@ -278,11 +278,13 @@ class SubordinateBag(_Reported):
             for key in keys
             if data.get(key)
         }
-        if isinstance(loaded.get("finished"), list):
+        finished = loaded.get("finished")
+        if isinstance(finished, list):
             loaded["finished"] = [
                 entry
-                for entry in loaded["finished"]
-                if not isinstance(entry, dict) or entry.get("outcome") in KNOWN_OUTCOMES
+                for entry in cast("list[Any]", finished)
+                if not isinstance(entry, dict)
+                or cast("dict[str, Any]", entry).get("outcome") in KNOWN_OUTCOMES
             ]
         return cls.model_validate(loaded)
 

@@ -27,7 +27,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .backend_choice import Backend, Fallback, Health, choose
 from .control import Pause
@@ -35,6 +35,8 @@ from .models import UnitQueue
 from .peer_scheduler import Revocation, Schedule, is_revoked, schedule
 
 PEER_TOKEN_SHIFT = 40
+MAX_EPOCH = 2**22
+"""Backend switches an application can make (millions); peer tokens stay below 2**62."""
 
 
 class Decision(BaseModel):
@@ -43,8 +45,8 @@ class Decision(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     backend: Backend
-    epoch: int
-    reason: str
+    epoch: int = Field(ge=0, le=MAX_EPOCH)
+    reason: str = Field(max_length=1024)
     since: dt.datetime
 
 
@@ -63,6 +65,9 @@ class PeerState:
     pause: Pause | None = None
     """The operator's pause under the peer backend."""
     revoked: Mapping[str, Revocation] = field(default_factory=dict[str, Revocation])
+    decision_unreadable: bool = False
+    """The published decision exists but cannot be read: nobody knows which backend granted
+    last, so the leader decides anew as if returning from peer (it fences first)."""
 
     @property
     def backend(self) -> Backend:
@@ -71,8 +76,16 @@ class PeerState:
 
     @property
     def epoch(self) -> int:
-        """The current epoch (0 before any decision)."""
-        return 0 if self.decision is None else self.decision.epoch
+        """The current epoch (0 before any decision; past every unit's, if unreadable)."""
+        if self.decision is not None:
+            return self.decision.epoch
+        return max(self.epochs.values(), default=0) if self.decision_unreadable else 0
+
+    def highest_token(self) -> int:
+        """The highest fencing token the peer data knows of: next-token's and every queue's."""
+        tokens = [self.schedule.next_token - 1, *(q.highest_token for q in self.queues.values())]
+        tokens += [e.token for q in self.queues.values() for e in q.history]
+        return max(tokens)
 
 
 @dataclass(frozen=True)
@@ -108,9 +121,12 @@ def lead(
         peer_busy=bool(state.schedule.grants) or any(q.has_work for q in state.queues.values()),
     )
     chosen = choose(current, health, known.fallback)
-    returning = chosen is Backend.ETCD and current is not None and current is not Backend.ETCD
-    if returning and current is not None and not fence(max(state.schedule.next_token - 1, 0)):
-        chosen = current  # not before etcd's tokens are known to exceed the peer's
+    returning = chosen is Backend.ETCD and (
+        state.decision_unreadable or current in (Backend.PEER, Backend.NONE)
+    )
+    if returning and not fence(max(state.highest_token(), 0)):
+        # Not before etcd's tokens are known to exceed the peer's.
+        chosen = current if current is not None else Backend.NONE
     revoked = _still_revoked(state)
     if state.decision is None or chosen is not current:
         decision = Decision(
@@ -136,11 +152,14 @@ def lead(
 
 
 def _still_revoked(state: PeerState) -> dict[str, Revocation]:
-    return {
-        unit: revocation
-        for unit, revocation in state.revoked.items()
-        if is_revoked(state.queues.get(unit, UnitQueue()), revocation)
-    }
+    """Revocations whose operation is still in its unit's queue, or still granted."""
+    kept: dict[str, Revocation] = {}
+    for unit, revocation in state.revoked.items():
+        grant = state.schedule.grants.get(unit)
+        granted = grant is not None and grant.token == revocation.token
+        if granted or is_revoked(state.queues.get(unit, UnitQueue()), revocation):
+            kept[unit] = revocation
+    return kept
 
 
 def _reason(backend: Backend, health: Health) -> str:

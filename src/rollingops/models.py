@@ -13,7 +13,7 @@ import enum
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 MAX_KWARGS_BYTES = 32 * 1024
 """Largest accepted kwargs document (compact JSON, UTF-8).
@@ -93,7 +93,7 @@ class Operation(_Document):
     """Retries allowed after the first attempt; ``None`` retries without bound."""
     attempt: Annotated[int, Field(ge=0)] = 0
     """How many times the operation has been granted so far."""
-    requested_at: dt.datetime
+    requested_at: AwareDatetime
 
     @field_validator("kwargs")
     @classmethod
@@ -118,7 +118,7 @@ class Grant(_Document):
 
     operation: Operation
     token: Annotated[int, Field(ge=1)]
-    granted_at: dt.datetime
+    granted_at: AwareDatetime
     result: OperationResult | None = None
     """Set when the principal reports; the worker acts on it and clears the grant."""
 
@@ -131,9 +131,9 @@ class CompletedOperation(_Document):
     outcome: Outcome
     attempts: int
     token: int
-    requested_at: dt.datetime
-    granted_at: dt.datetime
-    finished_at: dt.datetime
+    requested_at: AwareDatetime
+    granted_at: AwareDatetime
+    finished_at: AwareDatetime
     reason: str = ""
 
 
@@ -243,19 +243,27 @@ class UnitQueue(_Document):
         highest = max(self.highest_token, token)
         return self.model_copy(update={"current": again, "highest_token": highest})
 
-    def cancel(self, operation_id: str, reason: str, now: dt.datetime) -> UnitQueue:
-        """Drop ``operation_id`` for good, waiting or running; it ends ``cancelled``.
+    def cancel(
+        self,
+        operation_id: str,
+        reason: str,
+        now: dt.datetime,
+        outcome: Outcome = Outcome.CANCELLED,
+    ) -> UnitQueue:
+        """Drop ``operation_id`` for good, waiting or running; it ends ``outcome``.
 
-        A running one gives the lock back: its worker sees no current operation and releases.
+        ``cancelled`` by the operator's ``cancel``; ``revoked`` by a force-release of a grant
+        never claimed. A running one gives the lock back: its worker sees no current operation
+        and releases.
         """
         if self.current is not None and self.current.operation.id == operation_id:
-            return self._complete(self.current, Outcome.CANCELLED, reason, now)
+            return self._complete(self.current, outcome, reason, now)
         for op in self.pending:
             if op.id == operation_id:
                 entry = CompletedOperation(
                     id=op.id,
                     callback=op.callback,
-                    outcome=Outcome.CANCELLED,
+                    outcome=outcome,
                     attempts=op.attempt,
                     token=0,  # never granted
                     requested_at=op.requested_at,

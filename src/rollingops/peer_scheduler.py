@@ -51,10 +51,15 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Revocation:
-    """The operator took the lock from ``unit``'s operation running under ``token``."""
+    """The operator took the lock from a unit's operation granted under ``token``.
+
+    ``op_id`` names the operation when it was granted but not claimed (its unit may be down):
+    it then ends ``revoked`` from the head of the queue, and is not granted again.
+    """
 
     token: int
     reason: str
+    op_id: str = ""
 
 
 def _still_needed(grant: PeerGrant, queue: UnitQueue) -> bool:
@@ -94,9 +99,10 @@ def schedule(
     next_token = max(next_token, _highest_token(queues) + 1)
     kept: dict[str, PeerGrant] = {}
     for unit, queue in queues.items():
-        if is_revoked(queue, (revoked or {}).get(unit)):
-            continue  # the operator took its slot; its unit ends it
         grant = grants.get(unit)
+        revocation = (revoked or {}).get(unit)
+        if is_revoked(queue, revocation) or _grant_revoked(grant, revocation):
+            continue  # the operator took its slot; its unit ends it
         if grant is not None and _still_needed(grant, queue):
             kept[unit] = grant
         elif queue.current is not None:
@@ -127,9 +133,16 @@ def _highest_token(queues: Mapping[str, UnitQueue]) -> int:
 
 
 def is_revoked(queue: UnitQueue, revocation: Revocation | None) -> bool:
-    """Whether ``queue`` still runs the operation the operator force-released."""
-    current = queue.current
-    return revocation is not None and current is not None and current.token == revocation.token
+    """Whether ``queue`` still holds the operation the operator force-released."""
+    if revocation is None:
+        return False
+    if queue.current is not None:
+        return queue.current.token == revocation.token
+    return bool(queue.pending) and queue.pending[0].id == revocation.op_id
+
+
+def _grant_revoked(grant: PeerGrant | None, revocation: Revocation | None) -> bool:
+    return grant is not None and revocation is not None and grant.token == revocation.token
 
 
 def unit_step(
@@ -144,14 +157,19 @@ def unit_step(
     A revoked operation ends ``revoked``; a reported result finishes the running operation
     (``retry-hold`` runs again under the same grant); otherwise a grant from the leader is
     claimed, but never in the same pass as a finish, so a ``retry-release`` really gives the
-    lock back before the leader grants again.
+    lock back before the leader grants again, and never with a token at or below one this
+    queue already had (fencing tokens only rise).
     """
     current = queue.current
-    if current is not None and is_revoked(queue, revocation):
-        assert revocation is not None  # noqa: S101 - is_revoked checked it
-        return queue.abandon(Outcome.REVOKED, f"force-released: {revocation.reason}", now)
+    if revocation is not None and is_revoked(queue, revocation):
+        reason = f"force-released: {revocation.reason}"
+        if current is not None:
+            return queue.abandon(Outcome.REVOKED, reason, now)
+        return queue.cancel(queue.pending[0].id, reason, now, outcome=Outcome.REVOKED)
     if current is not None and current.result is not None:
         return queue.finish(now)[0]
     if backend is Backend.PEER and grant is not None and is_claimable(grant, queue):
+        if grant.token <= queue.highest_token:
+            return queue  # a stale or forged grant: tokens only ever rise on a unit
         return queue.claim(grant.token, now)
     return queue

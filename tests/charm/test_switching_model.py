@@ -273,6 +273,28 @@ class Model:
         if action.results is not None:
             self.operator_ops.add(action.results["op"])
 
+    def operator(self, name: str, action: str) -> None:
+        """The leader's pause, resume or force-release of ``name``, through the real actions,
+        under peer (under etcd they act on etcd's own keys, which this model does not hold)."""
+        leader = next(iter(self.units))
+        backend = self.backend(leader)
+        if not isinstance(backend, backends.LocalLock):
+            return
+        context = actions.ActionContext(
+            unit=leader,
+            backend=backend,
+            records=Records(self.units[leader]),  # type: ignore[arg-type]
+            worker_running=lambda: True,
+            credentials="model",
+        )
+        params = {"reason": "model", "unit": name}
+        run_action = {
+            "pause": actions.pause,
+            "resume": actions.resume,
+            "force-release": actions.force_release,
+        }[action]
+        run_action(context, FakeActionEvent(params))  # type: ignore[arg-type]
+
     # -- etcd's worker (modelled) -----------------------------------------------------------
 
     def worker(self) -> None:
@@ -379,6 +401,9 @@ step = st.one_of(
     st.tuples(st.just("etcd-up"), st.just("")),
     st.tuples(st.just("worker-gives-up"), st.sampled_from(UNIT_NAMES)),
     st.tuples(st.just("run-exclusive"), st.sampled_from(UNIT_NAMES)),
+    st.tuples(st.just("pause"), st.just("")),
+    st.tuples(st.just("resume"), st.just("")),
+    st.tuples(st.just("force-release"), st.sampled_from(UNIT_NAMES)),
     st.tuples(st.just("leave"), st.sampled_from(UNIT_NAMES)),
     st.tuples(st.just("join"), st.sampled_from(UNIT_NAMES)),
 )
@@ -393,30 +418,40 @@ def tick(model: Model, result: str) -> None:
             run(model, kind, name, result)
 
 
-def run(model: Model, kind: str, name: str = "", result: str = "release") -> None:
-    present = name in model.units
-    if kind == "request" and present:
-        model.request(name)
-    elif kind == "sync" and present:
-        model.sync(name)
-    elif kind == "lead":
-        model.lead()
-    elif kind == "worker":
-        model.worker()
-    elif kind == "answer" and present:
-        model.answer(name, result)
-    elif kind == "run-exclusive" and present:
-        model.run_exclusive(name)
-    elif kind == "etcd-down":
-        model.etcd.up = False
-    elif kind == "etcd-up":
-        model.etcd.up = True
-    elif kind == "worker-gives-up" and present and not model.etcd.up:
-        model.units[name].etcd_failed = True
-    elif kind == "leave" and present and len(model.units) > 1:
+def leave(model: Model, name: str) -> None:
+    if len(model.units) > 1:
         unit = model.units.pop(name)
         model.gone |= unit.record.queue.operation_ids() | {r.id for r in unit.requests}
         model.gone |= model.etcd.store(name).snapshot.queue.operation_ids()
+
+
+def gives_up(model: Model, name: str) -> None:
+    if not model.etcd.up:
+        model.units[name].etcd_failed = True
+
+
+UNIT_STEPS: dict[str, Any] = {
+    "request": lambda model, name: model.request(name),
+    "sync": lambda model, name: model.sync(name),
+    "run-exclusive": lambda model, name: model.run_exclusive(name),
+    "worker-gives-up": gives_up,
+    "leave": leave,
+}
+
+
+def run(model: Model, kind: str, name: str = "", result: str = "release") -> None:
+    """One step; unit steps are skipped for a unit that is not (or no longer) there."""
+    present = name in model.units
+    if kind in UNIT_STEPS and present:
+        UNIT_STEPS[kind](model, name)
+    elif kind == "answer" and present:
+        model.answer(name, result)
+    elif kind in ("pause", "resume", "force-release"):
+        model.operator(name, kind)
+    elif kind in ("lead", "worker"):
+        getattr(model, kind)()
+    elif kind in ("etcd-down", "etcd-up"):
+        model.etcd.up = kind == "etcd-up"
     elif kind == "join" and not present:
         model.units[name] = Unit()
         model.etcd.stores.pop(name, None)
@@ -426,8 +461,9 @@ def run(model: Model, kind: str, name: str = "", result: str = "release") -> Non
 
 
 def drain(model: Model) -> None:
-    """etcd back, everyone keeps syncing and answering 'release' until nothing is left."""
+    """etcd back, grants resumed, everyone syncs and answers 'release' until nothing is left."""
     run(model, "etcd-up")
+    model.pause = None
     for _ in range(300):
         tick(model, "release")
         idle = not any(
