@@ -301,8 +301,8 @@ def run_handoff(settings: EtcdSettings, case: HandoffCase) -> HandoffResult:
         ops=ctx.Value("i", 0),
         results=ctx.Queue(),
     )
-    domain = f"handoff-n{case.contenders}-h{int(case.hold * 1000)}"
-    waiters = waiters_prefix(settings.prefix, domain)
+    case_prefix = f"{settings.prefix}handoff-n{case.contenders}-h{int(case.hold * 1000)}/"
+    waiters = waiters_prefix(case_prefix)
     owners = [f"c{i:03d}" for i in range(case.contenders)]
     procs = [
         ctx.Process(
@@ -490,14 +490,14 @@ class EventLog(logging.Handler):
 
 
 def worker_config(
-    settings: EtcdSettings, domain: str, workdir: Path, lease_ttl: int, unit: str = UNIT
+    settings: EtcdSettings, prefix: str, workdir: Path, lease_ttl: int, unit: str = UNIT
 ) -> WorkerConfig:
-    """A unit's worker settings, with the hook recorder in place of ``juju-exec``."""
+    """A unit's worker settings on the lock domain at ``prefix``, with the hook recorder in
+    place of ``juju-exec``."""
     return WorkerConfig(
         unit=unit,
         charm_dir=workdir / "charm",
-        etcd=settings,
-        domain=domain,
+        etcd=settings.model_copy(update={"prefix": prefix}),
         lease_ttl=lease_ttl,
         state_dir=workdir / "state",
         hook_runner=HOOK_RECORDER,
@@ -507,7 +507,7 @@ def worker_config(
 
 @contextlib.contextmanager
 def running_worker(
-    settings: EtcdSettings, domain: str, workdir: Path, lease_ttl: int
+    settings: EtcdSettings, prefix: str, workdir: Path, lease_ttl: int
 ) -> Iterator[tuple[Worker, EventLog]]:
     """A real ``Worker`` in a thread of this process, so its ``client.requests`` is readable."""
     log = EventLog()
@@ -516,7 +516,7 @@ def running_worker(
     engine_logger.setLevel(logging.INFO)
     engine_logger.propagate = False
     stop = threading.Event()
-    worker = Worker(worker_config(settings, domain, workdir, lease_ttl), stop)
+    worker = Worker(worker_config(settings, prefix, workdir, lease_ttl), stop)
     thread = threading.Thread(target=worker.run, name="worker", daemon=True)
     thread.start()
     try:
@@ -641,14 +641,14 @@ def measure_waiting(
 
     Nothing but its lease keep-alive (every ttl / 3) should remain: the wait itself is a watch.
     """
-    domain = "waiting"
+    prefix = f"{settings.prefix}waiting/"
     with EtcdClient(settings) as client:
         lease = Lease(client, 30)
-        holder = FairSemaphore(client, waiters_prefix(settings.prefix, domain), 1, lease, "holder")
+        holder = FairSemaphore(client, waiters_prefix(prefix), 1, lease, "holder")
         holder.acquire(timeout=10)
         try:
-            with running_worker(settings, domain, workdir / "waiting", lease_ttl) as (worker, log):
-                store = OperationStore(client, settings.prefix, domain, UNIT)
+            with running_worker(settings, prefix, workdir / "waiting", lease_ttl) as (worker, log):
+                store = OperationStore(client, prefix, UNIT)
                 enqueue(store, 1, "wait")
                 log.wait_for("waiting", 1, 10)
                 time.sleep(1.0)
@@ -681,8 +681,8 @@ class Charm:
     each report was written (CLOCK_MONOTONIC).
     """
 
-    def __init__(self, client: EtcdClient, prefix: str, domain: str) -> None:
-        self.store = OperationStore(client, prefix, domain, UNIT)
+    def __init__(self, client: EtcdClient, prefix: str) -> None:
+        self.store = OperationStore(client, prefix, UNIT)
         self.reported: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="charm", daemon=True)
@@ -774,13 +774,13 @@ def measure_ops(
     settings: EtcdSettings, workdir: Path, *, members: int, burst: int, rounds: int, singles: int
 ) -> tuple[list[Burst], list[Burst]]:
     """Bursts of queued operations, then single operations from idle to idle, on one worker."""
-    domain = "ops"
+    prefix = f"{settings.prefix}ops/"
     hook_log = workdir / f"hooks-{members}.jsonl"
     os.environ[HOOK_LOG_ENV] = str(hook_log)
     with (
         EtcdClient(settings) as client,
-        running_worker(settings, domain, workdir / f"ops-{members}", 30) as (worker, log),
-        Charm(client, settings.prefix, domain) as charm,
+        running_worker(settings, prefix, workdir / f"ops-{members}", 30) as (worker, log),
+        Charm(client, prefix) as charm,
     ):
         wait_until(lambda: worker.client.requests["watch"] >= 1, 10)
         bursts = [

@@ -17,7 +17,7 @@ from pydantic import JsonValue, ValidationError
 
 from rollingops.command import to_argv
 from rollingops.etcd_client import EtcdError
-from rollingops.models import CompletedOperation, Grant, Operation, utcnow
+from rollingops.models import Claim, CompletedOperation, Operation, utcnow
 
 from .backends import BackendError, DomainView, LockBackend
 from .exclusive import CALLBACK as EXCLUSIVE
@@ -75,7 +75,7 @@ def _reason(event: ops.ActionEvent) -> str | None:
     return reason
 
 
-def _grant_summary(grant: Grant) -> dict[str, Any]:
+def _grant_summary(grant: Claim) -> dict[str, Any]:
     return {
         "op": grant.operation.id,
         "callback": grant.operation.callback,

@@ -39,8 +39,6 @@ from . import exclusive, peer_relation
 from .intake import Applied, absorb, apply, local_sync, take
 from .unit_record import UnitRecord
 
-DOMAIN = "default"
-
 
 class BackendError(Exception):
     """The backend cannot do what was asked now; the message says why, for the operator."""
@@ -183,11 +181,11 @@ class EtcdSession:
 
     def store(self, unit: str | None = None) -> QueueStore:
         """The queue of ``unit`` (default: this unit)."""
-        return OperationStore(self._client, self._client.prefix, DOMAIN, unit or self._unit)
+        return OperationStore(self._client, self._client.prefix, unit or self._unit)
 
     def control(self) -> DomainControl:
         """Pause, holders, token floor and force-release of the domain."""
-        return DomainControl(self._client, self._client.prefix, DOMAIN, self._capacity)
+        return DomainControl(self._client, self._client.prefix, self._capacity)
 
 
 class EtcdLock(LockBackend):

@@ -31,7 +31,7 @@ from rollingops.supervisor import Supervisor, WorkerCommand, supervisor_for
 from rollingops.worker_config import WorkerConfig
 
 from . import actions, backends, peer_relation
-from .backends import DOMAIN, LockBackend, PeerLink
+from .backends import LockBackend, PeerLink
 from .config import CharmConfig, InvalidConfigError, etcd_prefix
 from .credentials import (
     Credential,
@@ -372,7 +372,6 @@ class RollingOpsCharm(ops.CharmBase):
             unit=self.unit.name,
             charm_dir=self.charm_dir,
             etcd=settings.model_copy(update={"total_timeout": WORKER_ETCD_BOUND}),
-            domain=DOMAIN,
             lease_ttl=self.settings.lease_ttl,
             max_concurrent=self.settings.max_concurrent,
             state_dir=self.paths.root,
@@ -458,7 +457,7 @@ class RollingOpsCharm(ops.CharmBase):
         quick = settings.model_copy(update={"total_timeout": 1.0, "call_timeout": 1.0})
         try:
             with EtcdClient(quick) as client:
-                OperationStore(client, client.prefix, DOMAIN, self.unit.name).load()
+                OperationStore(client, client.prefix, self.unit.name).load()
         except EtcdError:
             return False
         return True
@@ -483,7 +482,7 @@ class RollingOpsCharm(ops.CharmBase):
 
     def _domain_control(self, client: EtcdClient) -> DomainControl:
         capacity = self.settings.max_concurrent if self.settings else 1
-        return DomainControl(client, client.prefix, DOMAIN, capacity)
+        return DomainControl(client, client.prefix, capacity)
 
     def _mirror_etcd_pause(self, peer: PeerLink, state: PeerState) -> PeerState:
         """Under etcd, keep etcd's pause in the peer bag too, so a fallback keeps it."""

@@ -1,6 +1,6 @@
 """Operator control of a lock domain: pause, resume, force-release, token floor, and a view.
 
-A pause is one key, ``<domain>/paused``, holding who paused and why. Workers that get a slot
+A pause is one key, ``<prefix>paused``, holding who paused and why. Workers that get a slot
 while it exists keep the slot but start nothing (no new grants) until it is removed; operations
 already running finish normally. A pause key nobody can read (hand-written, or from a newer
 version) counts as a pause: failing safe means no new grants, never a crashed worker.
@@ -13,7 +13,7 @@ waiter key is deleted instead: only we may write under our prefix, so that alway
 lease then lives on, and the stuck worker learns it from its next proving transaction instead.
 The operation it was running then ends as ``revoked`` in its queue (``revoke_running``).
 
-The token floor, ``<domain>/token-floor`` (a decimal integer), keeps fencing tokens increasing
+The token floor, ``<prefix>token-floor`` (a decimal integer), keeps fencing tokens increasing
 across backend switches. While the application ran on the peer backend, tokens went on past
 etcd's; when it returns to etcd, the leader raises the floor to the highest token granted
 meanwhile. A worker's token is ``floor + create revision of its waiter key``, where the floor is
@@ -46,7 +46,7 @@ from .etcd_client import (
 )
 from .models import Outcome, UnitQueue, utcnow
 from .semaphore import Contender, contenders_of
-from .store import OperationStore, domain_prefix, waiters_prefix
+from .store import OperationStore, waiters_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -156,13 +156,13 @@ def _parse_floor(kv: KeyValue | None) -> int:
 class DomainControl:
     """Pause state, token floor, holders and queue of one domain."""
 
-    def __init__(self, client: EtcdClient, prefix: str, domain: str, capacity: int) -> None:
+    def __init__(self, client: EtcdClient, prefix: str, capacity: int) -> None:
         self._client = client
-        self._prefix, self._domain = prefix, domain
-        self._waiters = waiters_prefix(prefix, domain)
+        self._prefix = prefix
+        self._waiters = waiters_prefix(prefix)
         self._capacity = capacity
-        self.paused_key = client.check_key(f"{domain_prefix(prefix, domain)}paused")
-        self.floor_key = client.check_key(f"{domain_prefix(prefix, domain)}token-floor")
+        self.paused_key = client.check_key(f"{prefix}paused")
+        self.floor_key = client.check_key(f"{prefix}token-floor")
 
     def contenders(self) -> list[Contender]:
         """Holders first, then waiters, in grant order, with the tokens the floor gives them."""
@@ -315,7 +315,7 @@ class DomainControl:
             ended = running.operation.id if running and running.token in tokens else None
             return queue.abandon(Outcome.REVOKED, reason, utcnow()) if ended else queue
 
-        OperationStore(self._client, self._prefix, self._domain, unit).update(revoke)
+        OperationStore(self._client, self._prefix, unit).update(revoke)
         return ended
 
     def _force_out(self, kv: KeyValue) -> ReleaseMethod | None:

@@ -113,14 +113,18 @@ class Operation(_Document):
         return self.max_retry is not None and self.attempt > self.max_retry
 
 
-class Grant(_Document):
-    """The operation a unit is running now, with the lock's fencing token."""
+class Claim(_Document):
+    """The operation a unit is running now, claimed under the lock's fencing token.
+
+    What ``UnitQueue.claim`` starts. The principal is told of it as a protocol ``Grant``;
+    the peer leader's permission to claim is a ``PeerGrant``.
+    """
 
     operation: Operation
     token: Annotated[int, Field(ge=1)]
     granted_at: AwareDatetime
     result: OperationResult | None = None
-    """Set when the principal reports; the worker acts on it and clears the grant."""
+    """Set when the principal reports; the worker acts on it and clears the claim."""
 
 
 class CompletedOperation(_Document):
@@ -145,7 +149,7 @@ class UnitQueue(_Document):
     """A unit's operations: waiting (head first), running, and recently completed."""
 
     pending: tuple[Operation, ...] = ()
-    current: Grant | None = None
+    current: Claim | None = None
     history: tuple[CompletedOperation, ...] = ()
     highest_token: int = 0
     """The highest fencing token this queue was ever granted under. Kept when the operation
@@ -186,7 +190,7 @@ class UnitQueue(_Document):
             raise ValueError("nothing to claim")
         head, *rest = self.pending
         started = head.model_copy(update={"attempt": head.attempt + 1})
-        grant = Grant(operation=started, token=token, granted_at=now)
+        grant = Claim(operation=started, token=token, granted_at=now)
         return self.model_copy(
             update={
                 "pending": tuple(rest),
@@ -223,7 +227,7 @@ class UnitQueue(_Document):
             )
             return self._complete(grant, Outcome.DROPPED, reason, now), False
         if grant.result is OperationResult.RETRY_HOLD:
-            again = Grant(
+            again = Claim(
                 operation=op.model_copy(update={"attempt": op.attempt + 1}),
                 token=grant.token,
                 granted_at=now,
@@ -290,7 +294,7 @@ class UnitQueue(_Document):
         return self._complete(self.current, outcome, reason, now)
 
     def _complete(
-        self, grant: Grant, outcome: Outcome, reason: str, now: dt.datetime
+        self, grant: Claim, outcome: Outcome, reason: str, now: dt.datetime
     ) -> UnitQueue:
         entry = CompletedOperation(
             id=grant.operation.id,

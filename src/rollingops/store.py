@@ -60,19 +60,14 @@ class QueueSnapshot:
     revision: int
 
 
-def domain_prefix(prefix: str, domain: str) -> str:
-    """Keys of one lock domain."""
-    return f"{prefix}{domain}/"
+def waiters_prefix(prefix: str) -> str:
+    """Keys of the lock domain's semaphore (``prefix``: the domain's keys, per cluster-id)."""
+    return f"{prefix}waiters/"
 
 
-def waiters_prefix(prefix: str, domain: str) -> str:
-    """Keys of the domain's semaphore."""
-    return f"{domain_prefix(prefix, domain)}waiters/"
-
-
-def queue_key(prefix: str, domain: str, unit: str) -> str:
+def queue_key(prefix: str, unit: str) -> str:
     """Key of one unit's queue (unit names are ``app/N``: the last two segments)."""
-    return f"{domain_prefix(prefix, domain)}queues/{unit}"
+    return f"{prefix}queues/{unit}"
 
 
 def _snapshot(kv: KeyValue | None, revision: int) -> QueueSnapshot:
@@ -109,9 +104,9 @@ class QueueStore(Protocol):
 class OperationStore:
     """Read, change and watch one unit's queue."""
 
-    def __init__(self, client: EtcdClient, prefix: str, domain: str, unit: str) -> None:
+    def __init__(self, client: EtcdClient, prefix: str, unit: str) -> None:
         self._client = client
-        self.key = client.check_key(queue_key(prefix, domain, unit))
+        self.key = client.check_key(queue_key(prefix, unit))
 
     def load(self) -> QueueSnapshot:
         """The queue as it is now."""

@@ -41,7 +41,7 @@ from .control import DomainControl, GrantState, Pause
 from .etcd_client import EtcdClient, EtcdError
 from .hook_runner import HookFailedError, HookRunner
 from .lease import Lease, LeaseLostError
-from .models import Grant, Outcome, UnitQueue, utcnow
+from .models import Claim, Outcome, UnitQueue, utcnow
 from .semaphore import AcquireCancelledError, FairSemaphore
 from .store import (
     ConditionFailedError,
@@ -79,7 +79,7 @@ class _LostGrant:
     token: int
     reason: str
 
-    def matches(self, grant: Grant) -> bool:
+    def matches(self, grant: Claim) -> bool:
         """Whether ``grant`` is that operation under that same lock."""
         return (grant.operation.id, grant.token) == (self.op, self.token)
 
@@ -100,15 +100,13 @@ class Worker:
         self.stop = stop or threading.Event()
         self.client = EtcdClient(config.etcd)
         self.store = OperationStore(
-            client=self.client, prefix=config.etcd.prefix, domain=config.domain, unit=config.unit
+            client=self.client, prefix=config.etcd.prefix, unit=config.unit
         )
         self.hooks = HookRunner(
             config.hook_runner, config.unit, config.charm_dir, config.hook_timeout
         )
-        self._waiters = waiters_prefix(config.etcd.prefix, config.domain)
-        self._control = DomainControl(
-            self.client, config.etcd.prefix, config.domain, config.max_concurrent
-        )
+        self._waiters = waiters_prefix(config.etcd.prefix)
+        self._control = DomainControl(self.client, config.etcd.prefix, config.max_concurrent)
         self._lease: Lease | None = None
         self._semaphore: FairSemaphore | None = None
         self._watch: QueueWatch | None = None
@@ -122,7 +120,7 @@ class Worker:
 
     def run(self) -> int:
         """Serve until stopped; return the process exit code."""
-        record("started", pid=os.getpid(), domain=self.config.domain)
+        record("started", pid=os.getpid(), prefix=self.config.etcd.prefix)
         unreachable_since: float | None = None
         try:
             while not self.stop.is_set():

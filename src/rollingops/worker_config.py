@@ -11,7 +11,6 @@ from .etcd_client import EtcdSettings
 
 UnitName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*/[0-9]+$", max_length=128)]
 HookName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
-DomainName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 
 
 class WorkerConfig(BaseModel):
@@ -22,7 +21,6 @@ class WorkerConfig(BaseModel):
     unit: UnitName
     charm_dir: Path
     etcd: EtcdSettings
-    domain: DomainName = "default"
     lease_ttl: Annotated[int, Field(ge=2, le=3600)] = 30
     """Seconds after which a dead worker's lock is free again."""
     max_concurrent: Annotated[int, Field(ge=1, le=1000)] = 1

@@ -16,7 +16,7 @@ from charm_helpers import (
 )
 from ops import testing
 from test_protocol import changed, etcd_queue, finish, update_etcd_queue
-from testbed.workers import DOMAIN, settings_for
+from testbed.workers import settings_for
 
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient
@@ -28,7 +28,7 @@ from rollingops.store import waiters_prefix
 
 def hold_lock(client: EtcdClient, prefix: str, owner: str, ttl: int = 30) -> FairSemaphore:
     lease = Lease(client, ttl)
-    semaphore = FairSemaphore(client, waiters_prefix(prefix, DOMAIN), 1, lease, owner)
+    semaphore = FairSemaphore(client, waiters_prefix(prefix), 1, lease, owner)
     semaphore.acquire(timeout=5)
     return semaphore
 
@@ -39,7 +39,7 @@ def test_lock_status_shows_holders_queue_and_health(ctx, supervisor, wired):
     with EtcdClient(settings_for(wired.cluster)) as client:
         holder = hold_lock(client, wired.cluster.prefix, "other/3")
         waiter = FairSemaphore(
-            client, waiters_prefix(wired.cluster.prefix, DOMAIN), 1, Lease(client, 30), UNIT
+            client, waiters_prefix(wired.cluster.prefix), 1, Lease(client, 30), UNIT
         )
         client.put(waiter.key, UNIT.encode(), waiter._lease.id)
         ctx.run(ctx.on.action("lock-status"), out)
@@ -93,7 +93,7 @@ def test_pause_stops_new_grants_until_resume(ctx, supervisor, wired):
     ctx.run(ctx.on.action("pause", params={"reason": "maintenance window"}), state)
     assert (ctx.action_results or {})["paused"] is True
     with EtcdClient(settings_for(wired.cluster)) as client:
-        control = DomainControl(client, wired.cluster.prefix, DOMAIN, 1)
+        control = DomainControl(client, wired.cluster.prefix, 1)
         pause = control.paused()
         assert pause is not None
         assert (pause.reason, pause.by) == ("maintenance window", UNIT)
@@ -109,7 +109,7 @@ def test_force_release_revokes_the_holder_and_records_why(ctx, supervisor, wired
         stuck = hold_lock(client, wired.cluster.prefix, "stuck/1", ttl=3)
         token = stuck.token
         out = ctx.run(ctx.on.action("force-release", params=params), state)
-        assert DomainControl(client, wired.cluster.prefix, DOMAIN, 1).contenders() == []
+        assert DomainControl(client, wired.cluster.prefix, 1).contenders() == []
         assert stuck._lease.lost.wait(10), "the stuck holder must learn it lost the lock"
         assert not stuck.is_held()
     assert (ctx.action_results or {})["released-tokens"] == str(token)

@@ -28,7 +28,7 @@ from charm_helpers import (
 from ops import testing
 from test_actions import answer, hold_lock, peer_leader_state
 from test_protocol import changed, etcd_queue
-from testbed.workers import DOMAIN, settings_for
+from testbed.workers import settings_for
 
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient
@@ -446,7 +446,7 @@ def test_force_release_under_etcd_of_a_unit_that_only_waits(ctx, supervisor, wir
     with EtcdClient(settings_for(wired.cluster)) as client:
         hold_lock(client, wired.cluster.prefix, "holder/3")
         waiter = FairSemaphore(
-            client, waiters_prefix(wired.cluster.prefix, DOMAIN), 1, Lease(client, 30), "wait/1"
+            client, waiters_prefix(wired.cluster.prefix), 1, Lease(client, 30), "wait/1"
         )
         client.put(waiter.key, b"wait/1", waiter._lease.id)
         params = {"unit": "wait/1", "reason": "x"}
@@ -484,7 +484,7 @@ def test_tokens_keep_rising_when_etcd_returns_whatever_the_bag_says(
     out = back_on_etcd(ctx, wired, tamper(out, app=corrupt))
     with EtcdClient(settings_for(wired.cluster)) as client:
         hold_lock(client, wired.cluster.prefix, "other/3")
-        (later,) = DomainControl(client, wired.cluster.prefix, DOMAIN, 1).contenders()
+        (later,) = DomainControl(client, wired.cluster.prefix, 1).contenders()
     assert later.token > entry.token, "fencing tokens went backwards"
 
 

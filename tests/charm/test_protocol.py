@@ -18,7 +18,7 @@ from charm_helpers import (
     worker_hook,
 )
 from ops import testing
-from testbed.workers import DOMAIN, settings_for
+from testbed.workers import settings_for
 
 from rollingops.etcd_client import EtcdClient
 from rollingops.models import MAX_KWARGS_BYTES, OperationResult, UnitQueue, utcnow
@@ -36,12 +36,12 @@ NOT_CREATED = "/run/rollingops-test-must-not-exist"
 
 def etcd_queue(wired) -> UnitQueue:
     with EtcdClient(settings_for(wired.cluster)) as client:
-        return OperationStore(client, wired.cluster.prefix, DOMAIN, UNIT).load().queue
+        return OperationStore(client, wired.cluster.prefix, UNIT).load().queue
 
 
 def update_etcd_queue(wired, change) -> None:
     with EtcdClient(settings_for(wired.cluster)) as client:
-        OperationStore(client, wired.cluster.prefix, DOMAIN, UNIT).update(change)
+        OperationStore(client, wired.cluster.prefix, UNIT).update(change)
 
 
 def finish(wired, result: OperationResult) -> None:

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from testbed.etcd import EtcdCluster
-from testbed.workers import DOMAIN, WorkerFarm, operation, read_jsonl, settings_for
+from testbed.workers import WorkerFarm, operation, read_jsonl, settings_for
 
 from rollingops.etcd_client import EtcdClient
 from rollingops.store import waiters_prefix
 
-__all__ = ["DOMAIN", "WorkerFarm", "operation", "read_jsonl", "settings_for", "wait_until"]
+__all__ = ["WorkerFarm", "operation", "read_jsonl", "settings_for", "wait_until"]
 
 HERE = Path(__file__).parent
 
@@ -72,7 +72,7 @@ def contenders(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Callable[..., Cont
             "--settings",
             str(settings_file),
             "--waiters",
-            waiters_prefix(etcd.prefix, DOMAIN),
+            waiters_prefix(etcd.prefix),
             "--owner",
             owner,
             "--capacity",

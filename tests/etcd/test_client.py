@@ -99,6 +99,6 @@ def test_watch_from_a_revision_sees_what_happened_after_the_read(client):
 
 
 def test_hostile_kwargs_round_trip_through_etcd_exactly(client):
-    store = OperationStore(client, client.prefix, "default", "app/0")
+    store = OperationStore(client, client.prefix, "app/0")
     store.update(lambda q: q.enqueue(operation("a", **HOSTILE_KWARGS)))
     assert store.load().queue.pending[0].kwargs == HOSTILE_KWARGS

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from etcd_helpers import DOMAIN, operation, wait_until
+from etcd_helpers import operation, wait_until
 from test_worker import events, finished
 
 from rollingops.control import DomainControl
 
 
 def test_paused_domain_grants_nothing_until_resumed(farm, client):
-    control = DomainControl(client, farm.cluster.prefix, DOMAIN, 1)
+    control = DomainControl(client, farm.cluster.prefix, 1)
     control.pause("maintenance", by="operator")
     farm.start("app/0")
     farm.enqueue(client, "app/0", operation("a"))
@@ -34,7 +34,7 @@ def test_force_release_hands_the_lock_on_and_the_holder_learns_it(farm, client):
     farm.start("app/1", lease_ttl=6)
     farm.enqueue(client, "app/1", operation("next"))
     wait_until(lambda: events(farm, "app/1", "waiting"), what="second waiting")
-    control = DomainControl(client, farm.cluster.prefix, DOMAIN, 1)
+    control = DomainControl(client, farm.cluster.prefix, 1)
     (token,) = control.force_release("app/0")
     (entry,) = finished(farm, client, "app/1", 1)
     assert entry.token > token
@@ -43,7 +43,7 @@ def test_force_release_hands_the_lock_on_and_the_holder_learns_it(farm, client):
 
 
 def test_position_counts_waiters_only(etcd, client):
-    control = DomainControl(client, etcd.prefix, DOMAIN, 1)
+    control = DomainControl(client, etcd.prefix, 1)
     assert control.position("app/0") is None
 
 
@@ -56,7 +56,7 @@ def test_position_counts_waiters_only(etcd, client):
     ids=["unknown-field", "invalid-json"],
 )
 def test_unreadable_pause_key_pauses_the_domain_and_crashes_nobody(farm, client, written):
-    control = DomainControl(client, farm.cluster.prefix, DOMAIN, 1)
+    control = DomainControl(client, farm.cluster.prefix, 1)
     farm.cluster.etcdctl("put", control.paused_key, written, check=True)  # by hand, as root
     worker = farm.start("app/0")
     farm.enqueue(client, "app/0", operation("a"))

@@ -11,7 +11,7 @@ import signal
 from typing import Any
 
 import pytest
-from etcd_helpers import DOMAIN, WorkerFarm, operation, wait_until
+from etcd_helpers import WorkerFarm, operation, wait_until
 from test_semaphore import max_overlap, semaphore
 from test_worker import events, finished
 
@@ -50,7 +50,7 @@ def assert_old_holder_ran_only_after_the_new_one(
 
 
 def test_force_released_holder_waiting_out_a_pause_never_starts(farm, client):
-    control = DomainControl(client, farm.cluster.prefix, DOMAIN, 1)
+    control = DomainControl(client, farm.cluster.prefix, 1)
     control.pause("maintenance", by="operator")
     # A long TTL: the lease thread refreshes every 10 s, so it does not notice the revocation
     # before the claim does; the claim transaction alone must refuse the stale holder.
@@ -67,7 +67,7 @@ def test_force_released_holder_waiting_out_a_pause_never_starts(farm, client):
 
 
 def test_holder_stopped_past_its_lease_never_starts_when_continued(farm, client):
-    control = DomainControl(client, farm.cluster.prefix, DOMAIN, 1)
+    control = DomainControl(client, farm.cluster.prefix, 1)
     # Paused first, so the holder sits between acquire and claim while it is stopped.
     control.pause("maintenance", by="operator")
     holder = farm.start("app/0", lease_ttl=3)
@@ -89,7 +89,7 @@ def test_holder_stopped_past_its_lease_never_starts_when_continued(farm, client)
 def test_claim_is_refused_once_the_waiter_key_is_gone(etcd, client):
     holder = semaphore(client, etcd, "app/0")
     holder.acquire(timeout=5)
-    store = OperationStore(client, etcd.prefix, DOMAIN, "app/0")
+    store = OperationStore(client, etcd.prefix, "app/0")
     store.update(lambda queue: queue.enqueue(operation("a")))
     client.revoke_lease(holder._lease.id)
     with pytest.raises(ConditionFailedError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from etcd_helpers import DOMAIN, operation, wait_until
+from etcd_helpers import operation, wait_until
 from test_semaphore import semaphore
 from test_worker import events, finished
 
@@ -16,7 +16,7 @@ from rollingops.control import DomainControl
 
 
 def test_tokens_exceed_a_raised_floor_and_keep_increasing(farm, client):
-    control = DomainControl(client, farm.cluster.prefix, DOMAIN, 1)
+    control = DomainControl(client, farm.cluster.prefix, 1)
     farm.start("app/0")
     farm.enqueue(client, "app/0", operation("a"))
     (a,) = finished(farm, client, "app/0", 1)
@@ -30,7 +30,7 @@ def test_tokens_exceed_a_raised_floor_and_keep_increasing(farm, client):
 
 
 def test_floor_never_decreases(etcd, client):
-    control = DomainControl(client, etcd.prefix, DOMAIN, 1)
+    control = DomainControl(client, etcd.prefix, 1)
     assert control.token_floor() == 0
     assert control.raise_token_floor(100) == 100
     assert control.raise_token_floor(50) == 100
@@ -50,7 +50,7 @@ def test_floor_never_decreases(etcd, client):
 
 
 def test_unreadable_floor_stops_grants_until_a_raise_replaces_it(etcd, client):
-    control = DomainControl(client, etcd.prefix, DOMAIN, 1)
+    control = DomainControl(client, etcd.prefix, 1)
     etcd.etcdctl("put", control.floor_key, "twenty-eight", check=True)
     pause = control.paused()
     assert pause is not None
@@ -61,7 +61,7 @@ def test_unreadable_floor_stops_grants_until_a_raise_replaces_it(etcd, client):
 
 
 def test_holder_waiting_out_a_pause_takes_a_token_above_a_floor_raised_meanwhile(farm, client):
-    control = DomainControl(client, farm.cluster.prefix, DOMAIN, 1)
+    control = DomainControl(client, farm.cluster.prefix, 1)
     control.pause("fallback", by="leader")
     farm.start("app/0")
     farm.enqueue(client, "app/0", operation("a"))
@@ -75,7 +75,7 @@ def test_holder_waiting_out_a_pause_takes_a_token_above_a_floor_raised_meanwhile
 
 def test_a_key_created_before_a_raise_gets_no_token_under_the_new_floor(etcd, client):
     """k = 2: a holder that claims after a raise with its old key could repeat a token."""
-    control = DomainControl(client, etcd.prefix, DOMAIN, 2)
+    control = DomainControl(client, etcd.prefix, 2)
     first = semaphore(client, etcd, "app/0", capacity=2)
     second = semaphore(client, etcd, "app/1", capacity=2)
     r1, r2 = first.acquire(timeout=5), second.acquire(timeout=5)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from etcd_helpers import DOMAIN, wait_until
+from etcd_helpers import wait_until
 from test_lease_isolation import OTHER_PREFIX, OtherApplication, fixed_in, other
 from testbed.etcd import EtcdCluster
 
@@ -34,9 +34,7 @@ def _attach_possible() -> None:
 
 
 def holder(client: EtcdClient, etcd: EtcdCluster, owner: str, ttl: int = TTL) -> FairSemaphore:
-    semaphore = FairSemaphore(
-        client, waiters_prefix(etcd.prefix, DOMAIN), 1, Lease(client, ttl), owner
-    )
+    semaphore = FairSemaphore(client, waiters_prefix(etcd.prefix), 1, Lease(client, ttl), owner)
     semaphore.acquire(timeout=5)
     return semaphore
 
@@ -54,14 +52,14 @@ class Next:
 
     def __init__(self, client: EtcdClient, etcd: EtcdCluster, owner: str) -> None:
         self.semaphore = FairSemaphore(
-            client, waiters_prefix(etcd.prefix, DOMAIN), 1, Lease(client, TTL), owner
+            client, waiters_prefix(etcd.prefix), 1, Lease(client, TTL), owner
         )
         self.tokens: list[int] = []
         self.thread = threading.Thread(
             target=lambda: self.tokens.append(self.semaphore.acquire(timeout=60)), daemon=True
         )
         self.thread.start()
-        control = DomainControl(client, etcd.prefix, DOMAIN, 1)
+        control = DomainControl(client, etcd.prefix, 1)
         wait_until(lambda: control.position(owner) == 1, what=f"{owner} waiting")
 
     def acquired(self) -> int:
@@ -77,7 +75,7 @@ def test_force_release_frees_a_holder_whose_lease_another_application_pinned(
     stuck = holder(client, etcd, "stuck/0")
     poison(client, other, stuck)
     following = Next(client, etcd, "next/0")
-    control = DomainControl(client, etcd.prefix, DOMAIN, 1)
+    control = DomainControl(client, etcd.prefix, 1)
 
     assert control.force_release("stuck/0") == [stuck.token]
 
@@ -89,7 +87,7 @@ def test_force_release_frees_a_holder_whose_lease_another_application_pinned(
 def test_force_release_says_whether_it_revoked_the_lease_or_deleted_the_key(
     etcd: EtcdCluster, client: EtcdClient, other: OtherApplication
 ) -> None:
-    control = DomainControl(client, etcd.prefix, DOMAIN, 1)
+    control = DomainControl(client, etcd.prefix, 1)
     plain = holder(client, etcd, "plain/0", ttl=3)  # its lease thread looks every second
     (released,) = control.release_holders("plain/0")
     assert (released.owner, released.token, released.how) == (

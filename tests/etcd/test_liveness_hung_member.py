@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from etcd_helpers import DOMAIN, WorkerFarm, operation, settings_for, wait_until
+from etcd_helpers import WorkerFarm, operation, settings_for, wait_until
 from test_worker import events, history
 from testbed.etcd import EtcdCluster, EtcdMember
 
@@ -150,7 +150,7 @@ def test_a_waiter_on_a_frozen_member_gets_the_lock_when_the_holder_releases(
     etcd_cluster: EtcdCluster,
 ) -> None:
     member = follower(etcd_cluster)
-    waiters = waiters_prefix(etcd_cluster.prefix, DOMAIN)
+    waiters = waiters_prefix(etcd_cluster.prefix)
     with (
         EtcdClient(avoiding(etcd_cluster, member)) as holder_client,
         EtcdClient(pinned(etcd_cluster, member)) as waiter_client,

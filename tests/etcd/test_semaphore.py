@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from etcd_helpers import DOMAIN, Contender, wait_until
+from etcd_helpers import Contender, wait_until
 from testbed.etcd import EtcdCluster
 
 from rollingops.etcd_client import EtcdClient
@@ -20,7 +20,7 @@ from rollingops.store import waiters_prefix
 
 def semaphore(client: EtcdClient, etcd: EtcdCluster, owner: str, capacity: int = 1, ttl: int = 5):
     lease = Lease(client, ttl)
-    return FairSemaphore(client, waiters_prefix(etcd.prefix, DOMAIN), capacity, lease, owner)
+    return FairSemaphore(client, waiters_prefix(etcd.prefix), capacity, lease, owner)
 
 
 def event(contender: Contender, name: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from etcd_helpers import DOMAIN, settings_for, wait_until
+from etcd_helpers import settings_for, wait_until
 from testbed.etcd import EtcdCluster, EtcdMember
 
 from rollingops.etcd_client import EtcdClient, EtcdSettings
@@ -104,7 +104,7 @@ class HungWatchBed:
 def bed(etcd_cluster: EtcdCluster) -> Iterator[HungWatchBed]:
     steady = etcd_cluster.leader()
     watched, hung = (member for member in etcd_cluster.members if member is not steady)
-    waiters = waiters_prefix(etcd_cluster.prefix, DOMAIN)
+    waiters = waiters_prefix(etcd_cluster.prefix)
     with (
         EtcdClient(ordered(etcd_cluster, [steady, watched])) as observer,
         EtcdClient(ordered(etcd_cluster, [watched, hung, steady])) as waiter_client,

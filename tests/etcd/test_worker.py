@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from etcd_helpers import DOMAIN, WorkerFarm, operation, wait_until
+from etcd_helpers import WorkerFarm, operation, wait_until
 from test_semaphore import max_overlap
 
 from rollingops.etcd_client import EtcdClient
@@ -61,7 +61,7 @@ def test_runs_each_queued_operation_in_order_then_goes_idle(farm, client):
     assert [r["hook"] for r in hooks] == ["rollingops-lock-granted"] * 3
     assert not any(r["context"] for r in hooks), "JUJU_CONTEXT_ID must not reach juju-exec"
     wait_until(lambda: events(farm, "app/0", "idle"), what="idle")
-    assert client.get_prefix(waiters_prefix(farm.cluster.prefix, DOMAIN)).kvs == []
+    assert client.get_prefix(waiters_prefix(farm.cluster.prefix)).kvs == []
 
 
 def test_retry_hold_keeps_the_token_and_retry_release_takes_a_new_one(farm, client):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from etcd_helpers import DOMAIN, operation, wait_until
+from etcd_helpers import operation, wait_until
 from test_worker import events, finished
 
 from rollingops.control import DomainControl
@@ -13,7 +13,7 @@ def test_holder_force_released_mid_operation_ends_it_as_lock_lost(farm, client):
     farm.start("app/0", lease_ttl=6)
     farm.enqueue(client, "app/0", operation("stuck", results=[None]), operation("after"))
     wait_until(lambda: events(farm, "app/0", "hook-fired"), what="holder granted")
-    control = DomainControl(client, farm.cluster.prefix, DOMAIN, 1)
+    control = DomainControl(client, farm.cluster.prefix, 1)
     (token,) = control.force_release("app/0")
     lost, after = finished(farm, client, "app/0", 2)
     assert (lost.id, lost.outcome, lost.token) == ("stuck", Outcome.LOCK_LOST, token)

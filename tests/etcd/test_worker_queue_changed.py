@@ -12,7 +12,7 @@ import signal
 import time
 from typing import Any
 
-from etcd_helpers import DOMAIN, WorkerFarm, operation, wait_until
+from etcd_helpers import WorkerFarm, operation, wait_until
 from test_worker import events, finished
 
 from rollingops.control import DomainControl
@@ -52,7 +52,7 @@ def test_force_released_operation_ends_revoked_and_its_unit_is_told_once(farm, c
     worker = farm.start("app/0", lease_ttl=30)
     farm.enqueue(client, "app/0", operation("stuck", results=[None]), operation("after"))
     wait_until(lambda: events(farm, "app/0", "hook-fired"), what="stuck granted")
-    control = DomainControl(client, farm.cluster.prefix, DOMAIN, 1)
+    control = DomainControl(client, farm.cluster.prefix, 1)
     # A stuck worker: it cannot see its lease revoked and write lock-lost before the mark.
     worker.send_signal(signal.SIGSTOP)
     try:
@@ -74,8 +74,8 @@ def test_force_released_operation_ends_revoked_and_its_unit_is_told_once(farm, c
 
 
 def test_revoke_running_ends_only_the_operation_running_under_a_released_token(client, etcd):
-    control = DomainControl(client, etcd.prefix, DOMAIN, 1)
-    store = OperationStore(client, etcd.prefix, DOMAIN, "app/0")
+    control = DomainControl(client, etcd.prefix, 1)
+    store = OperationStore(client, etcd.prefix, "app/0")
     store.update(lambda q: q.enqueue(operation("a")))
     assert control.revoke_running("app/0", [7], "nothing runs") is None
     store.update(lambda q: q.claim(7, utcnow()))

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 from ops import testing
-from rollingops_charm.charm import DOMAIN, RollingOpsCharm
+from rollingops_charm.charm import RollingOpsCharm
 from rollingops_charm.unit_record import UnitRecord
 from scenario.state import _Event  # pyright: ignore[reportPrivateUsage]
 from testbed.charmed_etcd import ETCD_ID, EtcdAnswer, connect
@@ -341,11 +341,7 @@ class Cluster:
         """A subordinate's queue as etcd holds it."""
         assert self.etcd is not None
         with EtcdClient(settings_for(self.etcd)) as client:
-            return (
-                OperationStore(client, self.etcd.prefix, DOMAIN, f"{SUB_APP}/{machine}")
-                .load()
-                .queue
-            )
+            return OperationStore(client, self.etcd.prefix, f"{SUB_APP}/{machine}").load().queue
 
     # -- running -----------------------------------------------------------------------------
 
@@ -394,7 +390,7 @@ class Cluster:
         """Owners in the domain's lock queue, holders first."""
         assert self.etcd is not None
         with EtcdClient(settings_for(self.etcd)) as client:
-            control = DomainControl(client, self.etcd.prefix, DOMAIN, self.max_concurrent)
+            control = DomainControl(client, self.etcd.prefix, self.max_concurrent)
             return [c.owner for c in control.contenders()]
 
     def hold_intervals(self) -> list[tuple[str, float, float]]:

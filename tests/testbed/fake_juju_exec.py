@@ -40,7 +40,7 @@ def unit_store(unit: str) -> Iterator[OperationStore]:
         Path(os.environ["FAKE_JUJU_CONFIGS"]) / f"{unit.replace('/', '-')}.json"
     )
     with EtcdClient(config.etcd) as client:
-        yield OperationStore(client, config.etcd.prefix, config.domain, unit)
+        yield OperationStore(client, config.etcd.prefix, unit)
 
 
 def read_queue(unit: str) -> None:

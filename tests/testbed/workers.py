@@ -21,7 +21,6 @@ from rollingops.worker_config import WorkerConfig
 from testbed.etcd import EtcdCluster
 
 HERE = Path(__file__).parent
-DOMAIN = "default"
 
 
 def settings_for(cluster: EtcdCluster, **overrides: Any) -> EtcdSettings:
@@ -117,7 +116,7 @@ class WorkerFarm:
         return read_jsonl(self.record_file)
 
     def store(self, client: EtcdClient, unit: str) -> OperationStore:
-        return OperationStore(client, self.cluster.prefix, DOMAIN, unit)
+        return OperationStore(client, self.cluster.prefix, unit)
 
     def enqueue(self, client: EtcdClient, unit: str, *operations: Operation) -> None:
         def add(queue: UnitQueue) -> UnitQueue:
