@@ -33,7 +33,7 @@ from rollingops.etcd_client import EtcdClient, EtcdSettings
 from rollingops.leadership import PeerState
 from rollingops.models import Operation, UnitQueue, utcnow
 from rollingops.peer_scheduler import Revocation
-from rollingops.store import OperationStore, QueueStore
+from rollingops.store import OperationStore, QueueSnapshot, QueueStore
 
 from . import exclusive, peer_relation
 from .intake import Applied, absorb, apply, local_sync, take
@@ -126,6 +126,21 @@ def queue_home(decided: Backend, etcd_usable: bool) -> Backend | None:
     return Backend.ETCD if etcd_usable else None
 
 
+def enter_store(record: UnitRecord, store: QueueStore) -> QueueSnapshot:
+    """The authoritative queue, once the unit has brought its own into etcd if it must.
+
+    Entering from peer or none (or finding etcd's copy missing while the record has work), the
+    record's queue replaces etcd's, stale since the switch. Every first write after a switch
+    goes through here, a hook's sync or an operator's action alike: an action that wrote to
+    etcd's stale copy first would drop what the record queued under peer.
+    """
+    snapshot = store.load()
+    back_from_fallback = record.last_backend in (Backend.PEER, Backend.NONE)
+    if back_from_fallback or (snapshot.mod_revision == 0 and record.queue.has_work):
+        snapshot = store.update(lambda _: record.queue, snapshot)
+    return snapshot
+
+
 def sync_with_store(
     record: UnitRecord, bag: PrincipalBag, store: QueueStore, on_grant: bool
 ) -> UnitRecord:
@@ -135,10 +150,7 @@ def sync_with_store(
     unreachable they stay in the principal's bag and are taken on a later hook. Entering from
     peer or none, the record's queue replaces etcd's (stale since the switch).
     """
-    snapshot = store.load()
-    back_from_fallback = record.last_backend in (Backend.PEER, Backend.NONE)
-    if back_from_fallback or (snapshot.mod_revision == 0 and record.queue.has_work):
-        snapshot = store.update(lambda _: record.queue, snapshot)
+    snapshot = enter_store(record, store)
     intake = take(bag, snapshot.queue, set(record.seen))
     applied = Applied([], [])
 
@@ -212,8 +224,9 @@ class EtcdLock(LockBackend):
 
     def _change(self, record: UnitRecord, change: Callable[[UnitQueue], UnitQueue]) -> UnitRecord:
         with self.session() as etcd:
-            snapshot = etcd.store().update(change)
-        return record.model_copy(update={"queue": snapshot.queue})
+            store = etcd.store()
+            snapshot = store.update(change, enter_store(record, store))
+        return record.model_copy(update={"queue": snapshot.queue, "last_backend": Backend.ETCD})
 
     @override
     def enqueue(self, record: UnitRecord, op: Operation) -> UnitRecord:

@@ -5,10 +5,13 @@ own with made-up histories (``test_checker.py``) before it judges real runs.
 
 - A **hold** is one run of an operation's callback: unit, op, attempt, token, start and end.
 - Two holds **overlap** when both ran at one instant with k already running. An overlap is
-  **excused** when the earlier holder lost its lock and was told so (its worker logged
-  ``lock-lost``) and holds the older fencing token: the protected resource can refuse it.
+  **excused** when the holder with the older fencing token lost its lock and was told so (its
+  worker logged ``lock-lost``), whichever of the two started first: the protected resource,
+  having seen the newer token, can refuse it. A holder that started late with an old token is
+  the process paused after its claim that no lock service can stop (docs/reliability.md).
   Anything else is a **violation**.
-- Tokens must strictly increase in grant order within the domain.
+- Tokens must strictly increase in grant order within the domain, except for such a stale
+  holder that was told it lost its lock.
 - Every requested op must end exactly once (an outcome in its unit's history), and never start
   twice for the same attempt unless the first run lost its lock.
 """
@@ -70,6 +73,9 @@ def overlaps(
         running = [h for h in ordered[:index] if h.end > hold.start]
         if len(running) < capacity:
             continue
+        if _lost_lock(hold, lock_lost) and all(h.token > hold.token for h in running):
+            excused.extend((hold, h) for h in running)  # a stale late starter, told
+            continue
         guilty = [h for h in running if not (_lost_lock(h, lock_lost) and h.token < hold.token)]
         if len(guilty) < capacity:
             excused.extend((h, hold) for h in running if h not in guilty)
@@ -82,15 +88,16 @@ def overlaps(
     return excused, violations
 
 
-def token_regressions(holds: list[Hold]) -> list[str]:
-    """First starts of grants whose token is not above every earlier grant's."""
+def token_regressions(holds: list[Hold], lock_lost: dict[str, list[float]]) -> list[str]:
+    """First starts of grants whose token is not above every earlier grant's (a stale holder
+    told it lost its lock excepted: the resource refuses its old token)."""
     first_seen: dict[tuple[str, int], Hold] = {}
     for hold in sorted(holds, key=lambda h: h.start):
         first_seen.setdefault((hold.unit, hold.token), hold)
     regressions: list[str] = []
     highest = 0
     for hold in sorted(first_seen.values(), key=lambda h: h.start):
-        if hold.token <= highest:
+        if hold.token <= highest and not _lost_lock(hold, lock_lost):
             regressions.append(f"{hold.unit} op {hold.op}: token {hold.token} after {highest}")
         highest = max(highest, hold.token)
     return regressions
@@ -122,7 +129,7 @@ def judge(
         violations=violations,
         lost=lost,
         doubled=sorted(ended_twice) + sorted(repeated),
-        token_regressions=token_regressions(holds),
+        token_regressions=token_regressions(holds, lock_lost),
     )
 
 

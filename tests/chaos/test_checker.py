@@ -58,7 +58,20 @@ def test_a_rerun_after_a_lost_lock_is_not_doubled():
 
 def test_token_regressions_are_found():
     holds = [hold("a", "1", 5, 0, 1), hold("b", "2", 3, 2, 3)]
-    assert token_regressions(holds) == ["b op 2: token 3 after 5"]
+    assert token_regressions(holds, {}) == ["b op 2: token 3 after 5"]
+    assert token_regressions(holds, {"b": [2.5]}) == [], "a stale holder told of its loss"
+
+
+def test_a_late_start_with_an_older_token_is_excused_only_if_told_of_its_loss():
+    """Paused after its claim, a holder acts on resume with its old token (chaos seed
+    20261129 in CI): the resource refuses it, provided its worker logged the loss."""
+    holds = [hold("a", "96", 96, 0, 2), hold("b", "86", 86, 1, 3)]
+    excused, violations = overlaps(holds, 1, {"b": [1.5]})
+    assert (excused, violations) == ([(holds[1], holds[0])], [])
+    assert overlaps(holds, 1, {})[1], "never told: a violation"
+    assert overlaps(holds, 1, {"b": [0.5]})[1], "told before it started: a violation"
+    newer = [hold("a", "96", 96, 0, 2), hold("b", "99", 99, 1, 3)]
+    assert overlaps(newer, 1, {"b": [1.5]})[1], "a newer token is never excused"
 
 
 @given(st.lists(st.floats(min_value=0.01, max_value=5), min_size=1, max_size=20))

@@ -35,6 +35,7 @@ from rollingops_charm.backends import EtcdLock
 from rollingops_charm.unit_record import UnitRecord
 from rollingops_principal import PrincipalBag, Request, Result
 
+from rollingops import peer_scheduler
 from rollingops.backend_choice import Backend, Fallback
 from rollingops.control import Pause
 from rollingops.etcd_client import EtcdSettings, EtcdUnavailableError
@@ -256,7 +257,12 @@ class Model:
         self._settle_requests(unit)
 
     def run_exclusive(self, name: str) -> None:
-        """The operator's action, through the real action function."""
+        """The operator's action hook: the real action function, then the charm's sync."""
+        self.queue_command(name)
+        self.sync(name)
+
+    def queue_command(self, name: str) -> None:
+        """The operator's ``run-exclusive``, through the real action function."""
         unit = self.units[name]
         context = actions.ActionContext(
             unit=name,
@@ -294,6 +300,7 @@ class Model:
             "force-release": actions.force_release,
         }[action]
         run_action(context, FakeActionEvent(params))  # type: ignore[arg-type]
+        self.sync(leader)
 
     # -- etcd's worker (modelled) -----------------------------------------------------------
 
@@ -382,8 +389,10 @@ class Model:
         running = [
             n
             for n, u in self.units.items()
-            if u.record.queue.current is not None and u.record.queue.current.result is None
-        ]
+            if u.record.queue.current is not None
+            and u.record.queue.current.result is None
+            and not peer_scheduler.is_revoked(u.record.queue, self.revoked.get(n))
+        ]  # an operation the operator force-released no longer counts: its token is stale
         self.peak = max(self.peak, len(running))
         assert len(running) <= self.capacity, f"{running} run at once (k={self.capacity})"
 

@@ -80,7 +80,8 @@ def test_bug_1_an_action_writing_to_etcd_under_peer_is_caught(monkeypatch):
 
         class EtcdOnly(model_etcd_lock(model.etcd)):
             def enqueue(self, record, op):
-                super().enqueue(record, op)
+                with self.session() as etcd:
+                    etcd.store().update(lambda queue: queue.enqueue(op))
                 return record
 
         return backends.select(
@@ -93,20 +94,20 @@ def test_bug_1_an_action_writing_to_etcd_under_peer_is_caught(monkeypatch):
             etcd_lock=EtcdOnly,
         )
 
-    monkeypatch.setattr(Model, "run_exclusive", _with_backend(etcd_whenever_configured))
+    monkeypatch.setattr(Model, "queue_command", _with_backend(etcd_whenever_configured))
     with pytest.raises(AssertionError, match=r"accepted and never run: .*exclusive-"):
         explore(LOST_OPERATOR_COMMAND, capacity=1, etcd_up=True)
 
 
 def _with_backend(choose):
-    """``Model.run_exclusive`` with its backend chosen by ``choose``."""
-    run_exclusive = Model.run_exclusive
+    """``Model.queue_command`` (the action alone) with its backend chosen by ``choose``."""
+    queue_command = Model.queue_command
 
     def run(model: Model, name: str) -> None:
         original = Model.backend
         Model.backend = choose  # type: ignore[method-assign]
         try:
-            run_exclusive(model, name)
+            queue_command(model, name)
         finally:
             Model.backend = original  # type: ignore[method-assign]
 
