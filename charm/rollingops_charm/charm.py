@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import ops
@@ -149,13 +150,8 @@ class RollingOpsCharm(ops.CharmBase):
         observe(self.on.stop, self._on_stop)
         observe(self.on.remove, self._on_stop)
         observe(self.on.collect_unit_status, self._on_collect_status)
-        observe(self.on.lock_status_action, self._on_lock_status)
-        observe(self.on.history_action, self._on_history)
-        observe(self.on.force_release_action, self._on_force_release)
-        observe(self.on.pause_action, self._on_pause)
-        observe(self.on.resume_action, self._on_resume)
-        observe(self.on.run_exclusive_action, self._on_run_exclusive)
-        observe(self.on.cancel_action, self._on_cancel)
+        for name in (*READ_ACTIONS, *CHANGING_ACTIONS):
+            observe(self.on[name].action, self._on_action)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -555,31 +551,32 @@ class RollingOpsCharm(ops.CharmBase):
             credentials=self.credential_mode(),
         )
 
-    def _on_lock_status(self, event: ops.ActionEvent) -> None:
-        actions.lock_status(self._action_context(), event)
+    def _on_action(self, event: ops.ActionEvent) -> None:
+        """Run the action through the unit's backend.
 
-    def _on_history(self, event: ops.ActionEvent) -> None:
-        actions.history(self._action_context(), event)
+        One that changes the lock ends in a sync, so the principal and (on the leader) the
+        grants follow at once.
+        """
+        name = event.handle.kind.removesuffix("_action").replace("_", "-")
+        changing = name in CHANGING_ACTIONS
+        run = CHANGING_ACTIONS[name] if changing else READ_ACTIONS[name]
+        run(self._action_context(), event)
+        if changing:
+            self._sync()
 
-    def _on_force_release(self, event: ops.ActionEvent) -> None:
-        actions.force_release(self._action_context(), event)
-        self._sync()
 
-    def _on_pause(self, event: ops.ActionEvent) -> None:
-        actions.pause(self._action_context(), event)
-        self._sync()
-
-    def _on_resume(self, event: ops.ActionEvent) -> None:
-        actions.resume(self._action_context(), event)
-        self._sync()
-
-    def _on_cancel(self, event: ops.ActionEvent) -> None:
-        actions.cancel(self._action_context(), event)
-        self._sync()
-
-    def _on_run_exclusive(self, event: ops.ActionEvent) -> None:
-        actions.run_exclusive(self._action_context(), event)
-        self._sync()
+ActionHandler = Callable[[actions.ActionContext, ops.ActionEvent], None]
+READ_ACTIONS: dict[str, ActionHandler] = {
+    "lock-status": actions.lock_status,
+    "history": actions.history,
+}
+CHANGING_ACTIONS: dict[str, ActionHandler] = {
+    "force-release": actions.force_release,
+    "pause": actions.pause,
+    "resume": actions.resume,
+    "cancel": actions.cancel,
+    "run-exclusive": actions.run_exclusive,
+}
 
 
 def _hook_runner() -> Path:
