@@ -119,20 +119,26 @@ def _domain_results(view: DomainView, unit: str) -> dict[str, Any]:
                     **({"op": h.op} if h.op else {}),
                     **({"callback": h.callback} if h.callback else {}),
                     **({"since": h.since.isoformat()} if h.since else {}),
+                    **({"sync": True} if h.sync else {}),
                 }
                 for h in view.holders
             ]
         ),
         "domain-queue": _indexed(
             [
-                {"unit": w.unit, **({"op": w.op} if w.op else {})}
-                | ({"token": w.token} if w.token is not None else {})
+                {
+                    "unit": w.unit,
+                    **({"op": w.op} if w.op else {}),
+                    **({"sync": True} if w.sync else {}),
+                }
                 for w in view.queue
             ]
         ),
         "paused": view.pause is not None,
     }
-    position = next((i for i, w in enumerate(view.queue, start=1) if w.unit == unit), None)
+    position = next(
+        (i for i, w in enumerate(view.queue, start=1) if w.unit == unit and not w.sync), None
+    )
     if position is not None:
         results["position"] = position
     if view.pause is not None:

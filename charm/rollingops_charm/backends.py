@@ -33,6 +33,7 @@ from rollingops.etcd_client import EtcdClient, EtcdSettings
 from rollingops.leadership import PeerState
 from rollingops.models import Operation, UnitQueue, utcnow
 from rollingops.peer_scheduler import Revocation
+from rollingops.semaphore import Contender
 from rollingops.store import OperationStore, QueueSnapshot, QueueStore
 
 from . import exclusive, peer_relation
@@ -53,15 +54,17 @@ class Holder:
     op: str | None = None
     callback: str | None = None
     since: dt.datetime | None = None
+    sync: bool = False
+    """A synchronous hold (a hook or a command on the unit's machine), not an operation."""
 
 
 @dataclass(frozen=True)
 class Waiter:
-    """A unit waiting for the lock; ``token`` is its place in etcd's queue (None under peer)."""
+    """A unit waiting for the lock (``sync``: for a synchronous hold)."""
 
     unit: str
     op: str | None = None
-    token: int | None = None
+    sync: bool = False
 
 
 @dataclass(frozen=True)
@@ -246,8 +249,8 @@ class EtcdLock(LockBackend):
         with self.session() as etcd:
             control = etcd.control()
             contenders = control.contenders()
-            holders = tuple(_holder(etcd, c.owner, c.token) for c in contenders if c.holding)
-            waiting = tuple(Waiter(c.owner, token=c.token) for c in contenders if not c.holding)
+            holders = tuple(_holder(etcd, c) for c in contenders if c.holding)
+            waiting = tuple(Waiter(c.owner, sync=c.priority) for c in contenders if not c.holding)
             return DomainView(Backend.ETCD, holders, waiting, control.paused())
 
     @override
@@ -270,7 +273,10 @@ class EtcdLock(LockBackend):
             return tokens
 
 
-def _holder(etcd: EtcdSession, unit: str, token: int) -> Holder:
+def _holder(etcd: EtcdSession, holder: Contender) -> Holder:
+    unit, token = holder.owner, holder.token or 0
+    if holder.priority:
+        return Holder(unit, token, sync=True)
     running = etcd.store(unit).load().queue.current
     if running is None:
         return Holder(unit, token)

@@ -16,11 +16,12 @@ The operation it was running then ends as ``revoked`` in its queue (``revoke_run
 The token floor, ``<prefix>token-floor`` (a decimal integer), keeps fencing tokens increasing
 across backend switches. While the application ran on the peer backend, tokens went on past
 etcd's; when it returns to etcd, the leader raises the floor to the highest token granted
-meanwhile. A worker's token is ``floor + create revision of its waiter key``, where the floor is
-the one in force when the key was created (``GrantState.token_for``). Why that is enough: the
-floor never decreases and create revisions strictly increase, so tokens strictly increase in
-grant order; and every key created after a raise gets a token above it. A key created before a
-raise gets no token at all (its holder enters again), which keeps tokens unique when k > 1.
+meanwhile. A worker's token is ``floor + the revision at which it learnt that it holds``
+(``semaphore``), where the floor is the one in force at that revision (``GrantState.token_for``).
+Why that is enough: the floor never decreases and grants are learnt at increasing revisions, so
+tokens strictly increase in grant order; and every grant learnt after a raise gets a token above
+it. A grant learnt before a raise gets no token at all (its holder enters again), which keeps
+tokens unique when k > 1.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .etcd_client import (
     WatchBrokenError,
 )
 from .models import Outcome, UnitQueue, utcnow
-from .semaphore import Contender, contenders_of
+from .semaphore import Contender, contenders_of, ordered
 from .store import OperationStore, waiters_prefix
 
 logger = logging.getLogger(__name__)
@@ -106,11 +107,11 @@ class GrantState:
     floor_key: str
 
     def token_for(self, revision: int) -> int | None:
-        """Fencing token of a waiter key created at ``revision``, under this floor.
+        """Fencing token of a grant learnt at ``revision``, under this floor.
 
-        ``None`` when the floor was raised after the key was created: the floor in force at its
-        creation is gone, and the current one could repeat a token already granted (k > 1), so
-        its holder must enter again.
+        ``None`` when the floor was raised after that: the floor in force then is gone, and the
+        current one could repeat a token already granted (k > 1), so its holder must enter
+        again.
         """
         if self.floor_revision > revision:
             return None
@@ -290,12 +291,12 @@ class DomainControl:
         """
         waiters, base = self._waiters_and_floor()
         forced: list[ForcedOut] = []
-        for kv in waiters[: self._capacity]:
-            if kv.value.decode() != owner:
+        for entry in ordered(waiters)[: self._capacity]:
+            if entry.owner != owner:
                 continue
-            how = self._force_out(kv)
+            how = self._force_out(entry.kv)
             if how is not None:
-                forced.append(ForcedOut(owner, base + kv.create_revision, kv.lease, how))
+                forced.append(ForcedOut(owner, base + entry.kv.mod_revision, entry.kv.lease, how))
         return forced
 
     def revoke_running(self, unit: str, tokens: Collection[int], reason: str) -> str | None:

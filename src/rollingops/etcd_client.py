@@ -208,6 +208,20 @@ class Compare:
         return cmp
 
     @staticmethod
+    def none_created_after(prefix: str, revision: int) -> Any:
+        """No key under ``prefix`` was created after ``revision`` (an empty range holds too).
+
+        etcd compares every key of a range; deleted keys leave no trace, so this proves only
+        that nothing was added since a read at ``revision``.
+        """
+        cmp = etcdrpc.Compare(
+            key=prefix.encode(), range_end=prefix_end(prefix), create_revision=revision + 1
+        )
+        cmp.target = etcdrpc.Compare.CREATE
+        cmp.result = etcdrpc.Compare.LESS
+        return cmp
+
+    @staticmethod
     def mod_revision(key: str, revision: int) -> Any:
         """The key was last written at ``revision``."""
         cmp = etcdrpc.Compare(key=key.encode(), mod_revision=revision)
