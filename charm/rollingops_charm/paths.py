@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_BASE = Path("/var/lib/rollingops")
-BASE_ENV = "ROLLINGOPS_STATE_DIR"
-"""Overrides the base directory (tests and the simulator run without root paths)."""
+from rollingops.worker_config import SYNC_SOCKET_NAME, unit_dir
 
 
 @dataclass(frozen=True)
@@ -29,11 +26,13 @@ class UnitPaths:
     """A candidate pair while it is being tried against etcd."""
     etcd_ca: Path
     worker_log: Path
+    sync_socket: Path
+    """Where the worker serves synchronous holds (published to the principal)."""
 
     @classmethod
     def for_unit(cls, unit: str) -> UnitPaths:
         """``<base>/<app>-<n>/...``."""
-        root = Path(os.environ.get(BASE_ENV, DEFAULT_BASE)) / unit.replace("/", "-")
+        root = unit_dir(unit)
         return cls(
             root=root,
             worker_config=root / "worker.json",
@@ -45,4 +44,5 @@ class UnitPaths:
             probe_key=root / "probe.key",
             etcd_ca=root / "etcd-ca.pem",
             worker_log=root / "worker.log",
+            sync_socket=root / SYNC_SOCKET_NAME,
         )

@@ -31,6 +31,7 @@ from typing import Any
 import ops
 from pydantic import JsonValue, ValidationError
 
+from .errors import RollingOpsError
 from .protocol import (
     MAX_REQUESTS,
     Grant,
@@ -60,10 +61,6 @@ LOST_OUTCOMES = {
 
 Callback = Callable[..., "ResultName | None"]
 """Called with the request's kwargs as keyword arguments while the unit holds the lock."""
-
-
-class RollingOpsError(Exception):
-    """The library was asked for something it cannot do; the message says why."""
 
 
 class LockGrantedEvent(ops.EventBase):

@@ -51,6 +51,7 @@ from .store import (
     QueueWatch,
     waiters_prefix,
 )
+from .sync_server import SyncServer
 from .worker_config import WorkerConfig
 
 EXIT_ETCD_FAILED = 3
@@ -117,12 +118,14 @@ class Worker:
         """Remembered until the next pass fires the queue-changed hook for it."""
         self._etcd_down = False
         """The last etcd call failed: shutting down must not wait on a dead cluster."""
+        self.sync = SyncServer(config, self.client, self._control, self._unanswered_hold)
 
     def run(self) -> int:
         """Serve until stopped; return the process exit code."""
         record("started", pid=os.getpid(), prefix=self.config.etcd.prefix)
         unreachable_since: float | None = None
         try:
+            self._start_sync()
             while not self.stop.is_set():
                 try:
                     self._step()
@@ -499,6 +502,25 @@ class Worker:
             record("hook-failed", hook=self.config.etcd_failed_hook, error=str(error))
         return EXIT_ETCD_FAILED
 
+    def _start_sync(self) -> None:
+        """Serve synchronous holds; without the socket, asynchronous operations still run."""
+        try:
+            self.sync.start()
+        except OSError as error:
+            record("sync-socket-failed", socket=str(self.config.sync_socket), error=str(error))
+
+    def _unanswered_hold(self) -> str | None:
+        """The operation this worker holds the lock for while its principal has not answered.
+
+        Read from the sync server's threads: a glance at the main loop's state, which a
+        synchronous hold of the same unit uses only to refuse a wait that could never end.
+        """
+        semaphore, snapshot = self._semaphore, self._snapshot
+        if semaphore is None or semaphore.token is None or snapshot is None:
+            return None
+        running = snapshot.queue.current
+        return running.operation.id if running is not None and running.result is None else None
+
     def _shutdown(self) -> None:
         if self._watch is not None:
             self._watch.close()
@@ -506,6 +528,7 @@ class Worker:
         self.client.settings = self.client.settings.model_copy(
             update={"total_timeout": _SHUTDOWN_BOUND, "call_timeout": _SHUTDOWN_BOUND / 2}
         )
+        self.sync.close()
         try:
             if self._etcd_down:
                 record("shutdown-without-etcd")

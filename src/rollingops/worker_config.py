@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from .etcd_client import EtcdSettings
 
 UnitName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*/[0-9]+$", max_length=128)]
+SYNC_SOCKET_NAME = "sync.sock"
+DEFAULT_BASE = Path("/var/lib/rollingops")
+BASE_ENV = "ROLLINGOPS_STATE_DIR"
+"""Overrides the base directory (tests and the simulator run without root paths)."""
+
+
+def state_base() -> Path:
+    """Where every unit's directory lives: ``<base>/<app>-<n>/``."""
+    return Path(os.environ.get(BASE_ENV, DEFAULT_BASE))
+
+
+def unit_dir(unit: str) -> Path:
+    """One unit's own directory (0700): worker config, credentials, log, sync socket."""
+    return state_base() / unit.replace("/", "-")
+
+
 HookName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
 
 
@@ -51,6 +68,11 @@ class WorkerConfig(BaseModel):
     def load(cls, path: Path) -> WorkerConfig:
         """Read and validate a config file."""
         return cls.model_validate_json(path.read_bytes())
+
+    @property
+    def sync_socket(self) -> Path:
+        """Where the worker serves synchronous holds (``sync_server``), root only."""
+        return self.state_dir / SYNC_SOCKET_NAME
 
     @property
     def log_file(self) -> Path:

@@ -1,0 +1,214 @@
+"""The sync lock's wire: JSON lines over the worker's Unix socket, and the client of it.
+
+The socket is served by the rollingops worker of the unit next to the caller (a root-only file
+in the unit's own directory). One connection is one synchronous hold:
+
+    client: {"op": "acquire", "timeout": 30, "holder": "stop hook", "context": "hook"}
+    worker: {"outcome": "granted", "token": 1234}             (or an error, then it closes)
+    client: {"op": "release"}                                  (or it closes the connection)
+    worker: {"outcome": "released", "lost": null}
+
+The worker releases the hold when the client says so *or when the connection drops*, so a
+killed caller never leaves the lock held. Every line is at most ``MAX_LINE`` bytes; what the
+worker cannot parse gets ``{"outcome": "error", "error": "bad-request", ...}`` and changes
+nothing. This module is shared by the worker (server side) and by callers (``SyncLockClient``):
+it imports no ops, so a plain script can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import (
+    SyncLockError,
+    SyncLockLostError,
+    SyncLockTimeoutError,
+    SyncLockUnavailableError,
+)
+from .untrusted_json import loads
+
+MAX_LINE = 4096
+"""Longest line either side may send, newline included."""
+MAX_TIMEOUT = 3600.0
+REPLY_MARGIN = 10.0
+"""Seconds a client waits for the worker's answer beyond its own timeout."""
+_MAX_SOCKET_PATH = 100
+"""``sun_path`` holds 108 bytes; a longer path is reached through its directory's fd."""
+
+Context = Literal["hook", "command"]
+"""Who holds: a hook (which holds the Juju machine lock) or a command on the machine."""
+ErrorKind = Literal["bad-request", "timeout", "unavailable", "refused", "busy", "lost", "stopping"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def line(self) -> bytes:
+        """The message as one line on the wire."""
+        return self.model_dump_json(exclude_none=True).encode() + b"\n"
+
+
+class AcquireRequest(_Wire):
+    """The first line of a connection: hold the lock, waiting at most ``timeout`` seconds."""
+
+    op: Literal["acquire"] = "acquire"
+    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
+    holder: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\x20-\x7e]+$")]
+    """A label for logs and ``lock-status`` (printable ASCII)."""
+    context: Context
+
+
+class ReleaseRequest(_Wire):
+    """End the hold now."""
+
+    op: Literal["release"] = "release"
+
+
+class Reply(_Wire):
+    """The worker's answer: a grant, a release, or an error (then the connection closes)."""
+
+    outcome: Literal["granted", "released", "error"]
+    token: int | None = None
+    """The fencing token of a grant."""
+    lost: str | None = None
+    """Why a hold ended before its release (``released`` only)."""
+    error: ErrorKind | None = None
+    message: str = ""
+
+
+def parse_line(line: bytes, model: type[_Wire]) -> _Wire:
+    """One wire line as ``model``; ``ValueError`` with a reason for anything else."""
+    if len(line) > MAX_LINE or not line.endswith(b"\n"):
+        raise ValueError(f"a line must end with a newline within {MAX_LINE} bytes")
+    try:
+        document = loads(line.decode("utf-8"), "line", max_bytes=MAX_LINE, max_depth=4)
+        return model.model_validate(document)
+    except UnicodeDecodeError as error:
+        raise ValueError("a line must be UTF-8") from error
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "line"
+        raise ValueError(f"{where}: {first['msg']}") from error
+
+
+@contextlib.contextmanager
+def reachable(path: Path) -> Iterator[str]:
+    """An address for ``path`` that fits ``sun_path`` (through the directory's fd if long)."""
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+        yield str(path)
+        return
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{directory}/{path.name}"
+    finally:
+        os.close(directory)
+
+
+class SyncGrant:
+    """A synchronous hold of the lock: its fencing token, and how it ends.
+
+    ``release`` ends it (the connection's close does too). Use it through ``hold``, or
+    ``RollingOps.sync_lock`` in a charm.
+    """
+
+    def __init__(self, connection: socket.socket, token: int) -> None:
+        self._connection = connection
+        self.token = token
+
+    def release(self) -> None:
+        """Give the lock back; raise ``SyncLockLostError`` if the hold had ended before."""
+        try:
+            self._connection.sendall(ReleaseRequest().line())
+            reply = _read_reply(self._connection, REPLY_MARGIN)
+        except (OSError, SyncLockError) as error:
+            raise SyncLockLostError(
+                f"the worker ended the hold before its release: {error}"
+            ) from error
+        finally:
+            self._connection.close()
+        if reply.outcome != "released":
+            raise SyncLockLostError(f"the worker did not confirm the release: {reply.message}")
+        if reply.lost is not None:
+            raise SyncLockLostError(f"the lock was lost during the hold: {reply.lost}")
+
+
+def acquire(path: Path, timeout: float, holder: str, context: Context) -> SyncGrant:
+    """Hold the lock through the worker at ``path``; wait at most ``timeout`` seconds.
+
+    Raises ``SyncLockTimeoutError`` when the wait ran out (the worker left nothing in etcd),
+    ``SyncLockUnavailableError`` when no worker answers there or it cannot grant now, and
+    ``SyncLockError`` for anything else the worker refused, with its reason.
+    """
+    request = AcquireRequest(timeout=timeout, holder=holder, context=context)
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with reachable(path) as address:
+            connection.connect(address)
+        connection.sendall(request.line())
+        reply = _read_reply(connection, timeout + REPLY_MARGIN)
+    except OSError as error:
+        connection.close()
+        raise SyncLockUnavailableError(
+            f"no rollingops worker answers at {path}: {error}"
+        ) from error
+    except BaseException:
+        connection.close()
+        raise
+    if reply.outcome == "granted" and reply.token is not None:
+        return SyncGrant(connection, reply.token)
+    connection.close()
+    raise _error_of(reply)
+
+
+@contextlib.contextmanager
+def hold(path: Path, timeout: float, holder: str, context: Context) -> Iterator[SyncGrant]:
+    """``acquire`` for the length of a ``with`` block; released at its end, whatever happens.
+
+    A loss reported at the release is raised unless the block itself raised (its exception
+    is the one that matters then; the loss is in the worker's log).
+    """
+    grant = acquire(path, timeout, holder, context)
+    try:
+        yield grant
+    except BaseException:
+        with contextlib.suppress(SyncLockLostError):
+            grant.release()
+        raise
+    grant.release()
+
+
+def _read_reply(connection: socket.socket, timeout: float) -> Reply:
+    """The worker's next line; a closed connection or a bad line is an error with a reason."""
+    connection.settimeout(timeout)
+    line = b""
+    try:
+        while not line.endswith(b"\n") and len(line) <= MAX_LINE:
+            chunk = connection.recv(MAX_LINE + 1 - len(line))
+            if not chunk:
+                raise SyncLockError("the worker closed the connection (stopped or restarted)")
+            line += chunk
+    except TimeoutError as error:
+        raise SyncLockError(f"the worker did not answer within {timeout:.0f} s") from error
+    try:
+        reply = parse_line(line, Reply)
+    except ValueError as error:
+        raise SyncLockError(f"unreadable answer from the worker: {error}") from error
+    assert isinstance(reply, Reply)  # noqa: S101 - parse_line returns the model it is given
+    return reply
+
+
+def _error_of(reply: Reply) -> SyncLockError:
+    message = reply.message or json.dumps(reply.model_dump(exclude_none=True))
+    if reply.error == "timeout":
+        return SyncLockTimeoutError(message)
+    if reply.error in ("unavailable", "stopping", "busy"):
+        return SyncLockUnavailableError(message)
+    return SyncLockError(message)
