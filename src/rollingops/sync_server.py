@@ -179,6 +179,7 @@ class SyncServer:
         semaphore = FairSemaphore(
             self._client, self._waiters, self._capacity, lease, self._unit, priority=True
         )
+        _log("sync-waiting", holder=request.holder, context=request.context, lease=f"{lease.id:x}")
         try:
             token = self._grant(semaphore, lease, request, session.end)
             _log("sync-granted", holder=request.holder, token=token, lease=f"{lease.id:x}")
