@@ -442,7 +442,8 @@ class RollingOpsCharm(ops.CharmBase):
         if backend.queue_is_local and probe and settings and self._etcd_reachable(settings):
             self._etcd_answered(peer)
         self.records.save(record)
-        self.principal.publish(subordinate_bag(record, backend=backend.granting))
+        sync_socket = self.paths.sync_socket if backend.granting is Backend.ETCD else None
+        self.principal.publish(subordinate_bag(record, backend.granting, sync_socket))
 
     def _etcd_answered(self, peer: PeerLink | None) -> None:
         if peer is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import ops
 from pydantic import ValidationError
@@ -59,6 +60,7 @@ def _actionable_of(bag: SubordinateBag) -> tuple[object, ...]:
     granted = bag.granted
     return (
         bag.protocol,
+        bag.sync_socket,
         None if granted is None else (granted.id, granted.attempt, granted.token),
         frozenset((r.id, r.reason) for r in bag.rejected),
         frozenset(f.id for f in bag.finished if f.outcome != "done"),
@@ -72,10 +74,13 @@ def _actionable(data: Mapping[str, str]) -> tuple[object, ...] | None:
         return None
 
 
-def subordinate_bag(record: UnitRecord, backend: Backend | None) -> SubordinateBag:
+def subordinate_bag(
+    record: UnitRecord, backend: Backend | None, sync_socket: Path | None = None
+) -> SubordinateBag:
     """Our protocol bag, derived from the unit's record and the backend in use.
 
-    ``backend`` is None while etcd is the chosen backend but not usable yet.
+    ``backend`` is None while etcd is the chosen backend but not usable yet; ``sync_socket``
+    is where the worker serves synchronous holds, while etcd grants.
     """
     queue = record.queue
     grant = queue.current
@@ -102,6 +107,7 @@ def subordinate_bag(record: UnitRecord, backend: Backend | None) -> SubordinateB
             sorted(op.id for op in operations if op.callback not in RESERVED_CALLBACKS)
         ),
         rejected=record.rejected,
+        sync_socket=str(sync_socket) if sync_socket is not None else None,
         finished=record.merged
         + tuple(
             Finished(

@@ -1,5 +1,12 @@
-"""The principal side of rollingops: ``RollingOps`` and the protocol v1 models."""
+"""The principal side of rollingops: ``RollingOps``, the protocol v1 models, the sync lock."""
 
+from .errors import (
+    SyncLockError,
+    SyncLockLostError,
+    SyncLockNoRelationError,
+    SyncLockTimeoutError,
+    SyncLockUnavailableError,
+)
 from .protocol import (
     PROTOCOL_VERSION,
     Finished,
@@ -12,6 +19,7 @@ from .protocol import (
     SubordinateState,
 )
 from .rollingops import LockGrantedEvent, LockLostEvent, RollingOps, RollingOpsError
+from .sync_wire import SyncGrant
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -27,4 +35,10 @@ __all__ = [
     "RollingOpsError",
     "SubordinateBag",
     "SubordinateState",
+    "SyncGrant",
+    "SyncLockError",
+    "SyncLockLostError",
+    "SyncLockNoRelationError",
+    "SyncLockTimeoutError",
+    "SyncLockUnavailableError",
 ]

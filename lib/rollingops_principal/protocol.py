@@ -57,6 +57,7 @@ MAX_SUBORDINATE_VALUE_BYTES = 3 * MAX_KWARGS_BYTES + 32 * 1024
 OperationId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 CallbackName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
 ResultName = Literal["release", "retry-release", "retry-hold"]
+SocketPath = Annotated[str, Field(pattern=r"^/[^\x00]{0,4095}$")]
 BackendName = Literal["etcd", "peer"]
 
 
@@ -246,10 +247,14 @@ class SubordinateBag(_Reported):
     """Ids of the principal's requests that are queued or running: they may be pruned."""
     rejected: tuple[Rejection, ...] = ()
     finished: tuple[Finished, ...] = ()
+    sync_socket: SocketPath | None = None
+    """Where the worker serves synchronous holds (``RollingOps.sync_lock``); absent while it
+    cannot (peer backend, etcd not ready). Added in v1 (additive: older readers ignore it)."""
 
     def to_databag(self) -> dict[str, str]:
         """Every key as one JSON document; ``granted`` is empty when nothing is granted."""
         return {
+            "sync-socket": json.dumps(self.sync_socket) if self.sync_socket else "",
             "protocol": self.protocol,
             "granted": json.dumps(self.granted.dump()) if self.granted else "",
             "state": json.dumps(self.state.dump()),
@@ -267,7 +272,7 @@ class SubordinateBag(_Reported):
         if data.get("protocol") != PROTOCOL_VERSION:
             raise ValueError(f"unsupported protocol {str(data.get('protocol'))[:16]!r}")
         # Only the protocol's own keys: every unit bag also carries Juju's (ingress-address...).
-        keys = set(cls.model_fields) - {"protocol"}
+        keys = {field.alias or name for name, field in cls.model_fields.items()} - {"protocol"}
         loaded = {
             key: loads(
                 data[key],

@@ -20,18 +20,25 @@ what it answered), and are right after every hook without the subordinate writin
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import inspect
 import json
 import logging
+import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import ops
 from pydantic import JsonValue, ValidationError
 
-from .errors import RollingOpsError
+from .errors import (
+    RollingOpsError,
+    SyncLockNoRelationError,
+    SyncLockUnavailableError,
+)
 from .protocol import (
     MAX_REQUESTS,
     Grant,
@@ -41,6 +48,7 @@ from .protocol import (
     SubordinateBag,
     SubordinateState,
 )
+from .sync_wire import SyncGrant, hold
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +222,55 @@ class RollingOps(ops.Object):
         bag["results"] = json.dumps([done.dump()])
         answer = [op_id, granted.attempt, result]
         self._stored.answered = [*self._answered()[-(MAX_ANSWERED - 1) :], answer]
+
+    @contextlib.contextmanager
+    def sync_lock(self, timeout: float, holder: str | None = None) -> Iterator[SyncGrant]:
+        """Hold the lock for the body of a ``with`` block, in this very hook.
+
+            with self.rolling.sync_lock(timeout=120) as grant:
+                leave_the_cluster(fencing_token=grant.token)
+
+        For teardown paths (``stop``, ``storage-detaching``, a scale-down's
+        ``relation-departed``) that cannot wait for an asynchronous grant. The subordinate's
+        worker grants it ahead of every waiting asynchronous operation, never displacing a
+        holder, and releases it at the end of the block or when this process dies.
+
+        Raises (all ``SyncLockError``, a ``RollingOpsError``): ``SyncLockNoRelationError``
+        without the relation; ``SyncLockUnavailableError`` at once when the subordinate cannot
+        grant synchronously (the peer backend, whose grants need a hook that cannot run while
+        this one does; etcd not ready; no worker); ``SyncLockTimeoutError`` when not granted
+        within ``timeout`` seconds (nothing is left behind); ``SyncLockLostError`` at the end of
+        the block if the hold ended before it (lease lost, force-released, worker stopped).
+        """
+        path = self._sync_socket()
+        label = holder or f"{self.model.unit.name} {_hook_name()}"
+        with hold(path, timeout, label[:64], "hook") as grant:
+            yield grant
+
+    def _sync_socket(self) -> Path:
+        """Where the subordinate serves synchronous holds; raises when it cannot now."""
+        if self._relation() is None:
+            raise SyncLockNoRelationError(
+                f"no {self._relation_name!r} relation: integrate the rollingops subordinate"
+            )
+        try:
+            view = self._view()
+        except (ValueError, ValidationError) as error:
+            raise SyncLockUnavailableError(f"unreadable subordinate bag: {error}") from error
+        if view is None:
+            raise SyncLockUnavailableError("the subordinate has not answered yet")
+        if view.state.backend == "peer":
+            raise SyncLockUnavailableError(
+                "the lock domain runs on the peer backend (etcd is lost): a peer grant needs a "
+                "hook, and none can run on this machine while this one holds the machine lock"
+            )
+        if view.sync_socket is None:
+            said = view.state.message or f"backend {view.state.backend or 'none'}"
+            raise SyncLockUnavailableError(
+                "no synchronous grants now: the subordinate serves them only while etcd grants "
+                f"the lock (it last said: {said})"
+            )
+        return Path(view.sync_socket)
 
     @property
     def state(self) -> SubordinateState | None:
@@ -411,6 +468,13 @@ def _takes_token(callback: Callback) -> bool:
     except (TypeError, ValueError):
         return False
     return TOKEN_ARGUMENT in parameters
+
+
+def _hook_name() -> str:
+    """The running hook (or action), for the hold's label in logs and ``lock-status``."""
+    dispatch = os.environ.get("JUJU_DISPATCH_PATH", "")
+    name = dispatch.rpartition("/")[2] or "hook"
+    return "".join(c for c in name if " " <= c <= "~")
 
 
 def _now() -> dt.datetime:

@@ -147,7 +147,11 @@ def acquire(path: Path, timeout: float, holder: str, context: Context) -> SyncGr
     ``SyncLockUnavailableError`` when no worker answers there or it cannot grant now, and
     ``SyncLockError`` for anything else the worker refused, with its reason.
     """
-    request = AcquireRequest(timeout=timeout, holder=holder, context=context)
+    try:
+        request = AcquireRequest(timeout=timeout, holder=holder, context=context)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise SyncLockError(f"invalid {first['loc'][0]}: {first['msg']}") from error
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with reachable(path) as address:

@@ -6,6 +6,10 @@ between them. What is simulated is Juju:
 
 - **Hooks run one at a time** across the whole cluster. That is stricter than Juju's per-machine
   lock (hooks of different machines never overlap here), so every per-machine guarantee holds.
+  The exception is a hook started *on the side* (``start_on_the_side``): it runs in a thread
+  while the other machines' hooks go on, and its own machine's hooks wait for it, as Juju's
+  machine lock does. That is how a principal's ``stop`` hook holds the sync lock while the
+  other units roll: under one global lock it could only wait for itself.
 - **Relation data** written by a unit reaches exactly the units that see it. On the container
   relation that is the co-located partner; on the peer relation it is every other subordinate.
   The data arrives as ``relation-changed``. Pending identical hooks are coalesced, as Juju does.
@@ -23,8 +27,10 @@ import dataclasses
 import importlib.util
 import json
 import os
+import pickle
 import queue
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -67,6 +73,21 @@ def _principal_class() -> type:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.DemoPrincipal
+
+
+def principal_context(charm: type, root: Path, machine: int) -> testing.Context[Any]:
+    """The ops.testing context of the demo principal on ``machine`` (also for side hooks)."""
+    charm_root = root / "charms" / f"{PRINCIPAL_APP}-{machine}"
+    charm_root.mkdir(parents=True, exist_ok=True)
+    return testing.Context(
+        charm,
+        meta=_load_yaml(PRINCIPAL_DIR / "metadata.yaml"),
+        actions=_load_yaml(PRINCIPAL_DIR / "actions.yaml"),
+        config=_load_yaml(PRINCIPAL_DIR / "config.yaml"),
+        app_name=PRINCIPAL_APP,
+        unit_id=machine,
+        charm_root=charm_root,
+    )
 
 
 @dataclass
@@ -142,6 +163,8 @@ class Cluster:
     _answer: EtcdAnswer | None = None
     model: testing.Model = field(default_factory=testing.Model)
     """One model for every unit: the etcd user's name depends on its uuid."""
+    _side: dict[int, _SideHook] = field(default_factory=dict[int, "_SideHook"])
+    """Hooks running on the side, by machine (that machine's other hooks wait)."""
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -213,16 +236,7 @@ class Cluster:
         )
 
     def _principal_context(self, machine: int) -> testing.Context[Any]:
-        charm_root = self.root / "charms" / f"{PRINCIPAL_APP}-{machine}"
-        charm_root.mkdir(parents=True, exist_ok=True)
-        return testing.Context(
-            self._principal_class,
-            meta=_load_yaml(PRINCIPAL_DIR / "metadata.yaml"),
-            actions=_load_yaml(PRINCIPAL_DIR / "actions.yaml"),
-            app_name=PRINCIPAL_APP,
-            unit_id=machine,
-            charm_root=charm_root,
-        )
+        return principal_context(self._principal_class, self.root, machine)
 
     def _sub_state(self, machine: int) -> testing.State:
         relations: set[testing.RelationBase] = {
@@ -319,6 +333,11 @@ class Cluster:
         )
         return str((unit.ctx.action_results or {})["op"])
 
+    def configure(self, unit: str, config: dict[str, Any]) -> None:
+        """Set ``unit``'s charm config (what ``juju config`` would, without the hook)."""
+        sim = self.units[unit]
+        sim.state = dataclasses.replace(sim.state, config={**sim.state.config, **config})
+
     def action(self, unit: str, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run an operator's action on ``unit`` (one hook); its results, or raise its failure."""
         sim = self.units[unit]
@@ -351,9 +370,74 @@ class Cluster:
         while not done():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"simulation did not settle in {timeout}s")
-            self._take_inbox(wait=0.02 if not self._pending else 0)
-            if self._pending:
-                self._execute(self._pending.popleft())
+            self._finish_side_hooks()
+            runnable = self._next_runnable()
+            self._take_inbox(wait=0.02 if runnable is None else 0)
+            if runnable is not None:
+                self._pending.remove(runnable)
+                self._execute(runnable)
+
+    def start_on_the_side(self, unit: str, name: str) -> None:
+        """Start principal ``unit``'s hook ``name`` on the side; its machine's hooks wait for it.
+
+        The hook runs in a process of its own (``side_hook.py``): ops.testing keeps the hook's
+        context in ``os.environ``, which two hooks in one process would share.
+        """
+        sim = self.units[unit]
+        assert sim.app == PRINCIPAL_APP, "only principal hooks run on the side"
+        assert sim.machine not in self._side, "one hook at a time per machine"
+        side = _SideHook(Hook(unit, name, lambda u: getattr(u.ctx.on, name)()), sim.state)
+        job = pickle.dumps((str(self.root), sim.machine, name, sim.state))
+
+        def run() -> None:
+            done = subprocess.run(
+                [sys.executable, str(HERE / "side_hook.py")],
+                input=job,
+                capture_output=True,
+                check=False,
+                env={
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), *sys.path]),
+                },
+            )
+            if done.returncode:
+                side.error = RuntimeError(f"{unit} {name} failed: {done.stderr.decode()[-2000:]}")
+            else:
+                side.result = pickle.loads(done.stdout)  # noqa: S301 - our own child's output
+
+        side.thread = threading.Thread(target=run, name=f"side-{unit}", daemon=True)
+        self._side[sim.machine] = side
+        side.started = time.monotonic()
+        side.thread.start()
+
+    def side_hooks_done(self) -> bool:
+        """Whether every hook started on the side has ended and been taken in."""
+        self._finish_side_hooks()
+        return not self._side
+
+    def _next_runnable(self) -> Hook | None:
+        """The first pending hook whose machine is not busy with a hook on the side."""
+        for hook in self._pending:
+            unit = self.units.get(hook.unit)
+            if unit is None or unit.machine not in self._side:
+                return hook
+        return None
+
+    def _finish_side_hooks(self) -> None:
+        """Take in the state of side hooks that ended, as ``_execute`` does for the others."""
+        for machine, side in list(self._side.items()):
+            if side.thread is None or side.thread.is_alive():
+                continue
+            del self._side[machine]
+            unit = self.units[side.hook.unit]
+            self.timeline.append(
+                HookRecord(time.time(), unit.name, side.hook.name, time.monotonic() - side.started)
+            )
+            if side.error is not None:
+                raise side.error
+            assert side.result is not None
+            unit.state = _with_remote_data_of(side.result, unit.state)
+            self._propagate(unit, side.before)
 
     def settle(self, timeout: float = 30) -> None:
         """Run until no hook is pending."""
@@ -548,6 +632,32 @@ class Cluster:
 
     def _subs(self) -> list[SimUnit]:
         return [u for u in self.units.values() if u.app == SUB_APP]
+
+
+@dataclass
+class _SideHook:
+    """A hook running in a thread of its own (``Cluster.start_on_the_side``)."""
+
+    hook: Hook
+    before: testing.State
+    thread: threading.Thread | None = None
+    started: float = 0.0
+    result: testing.State | None = None
+    error: BaseException | None = None
+
+
+def _with_remote_data_of(result: testing.State, current: testing.State) -> testing.State:
+    """A side hook's output, with what other units wrote while it ran (delivered meanwhile)."""
+    relations = set()
+    for relation in result.relations:
+        seen = current.get_relation(relation.id)
+        remote = {
+            name: getattr(seen, name)
+            for name in ("remote_app_data", "remote_unit_data", "remote_units_data", "peers_data")
+            if hasattr(relation, name)
+        }
+        relations.add(dataclasses.replace(relation, **remote))
+    return dataclasses.replace(result, relations=relations)
 
 
 def _record(unit: SimUnit) -> UnitRecord:

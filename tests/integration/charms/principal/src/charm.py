@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import ops
-from rollingops_principal import LockGrantedEvent, LockLostEvent, RollingOps
+from rollingops_principal import LockGrantedEvent, LockLostEvent, RollingOps, SyncLockError
 
 RECORD_ENV = "ROLLINGOPS_DEMO_RECORD"
 RELATION = "rollingops"
@@ -46,6 +46,23 @@ class DemoPrincipal(ops.CharmBase):
         framework.observe(self.on.restart_action, self._on_restart_action)
         framework.observe(self.on.record_action, self._on_record_action)
         framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
+        framework.observe(self.on.stop, self._on_stop)
+
+    def _on_stop(self, _: ops.StopEvent) -> None:
+        """Leave the service's cluster under the lock, as a scale-down must.
+
+        Recorded as ``leave-start`` / ``leave-end`` with the sync grant's token; a sync lock the
+        subordinate cannot give (peer backend, no etcd) is recorded as ``leave-failed`` and the
+        unit leaves anyway: a stop hook cannot wait, and this demo has nothing to protect.
+        """
+        seconds = float(self.config.get("leave-seconds", 0))
+        try:
+            with self.rolling.sync_lock(timeout=120, holder=f"{self.unit.name} leaving") as grant:
+                self._record("leave-start", "leave", "stop", 1, grant.token)
+                time.sleep(seconds)
+                self._record("leave-end", "leave", "stop", 1, grant.token)
+        except SyncLockError as error:
+            self._record("leave-failed", "leave", "stop", 0, 0, reason=str(error))
 
     def _on_restart_action(self, event: ops.ActionEvent) -> None:
         max_retry = int(event.params.get("max-retry", -1))
