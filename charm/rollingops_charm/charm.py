@@ -26,6 +26,7 @@ from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient, EtcdError, EtcdSettings
 from rollingops.files import write_private
 from rollingops.leadership import Leadership, PeerState, lead
+from rollingops.lock_command import launcher
 from rollingops.models import utcnow
 from rollingops.store import OperationStore
 from rollingops.supervisor import Supervisor, WorkerCommand, supervisor_for
@@ -220,6 +221,7 @@ class RollingOpsCharm(ops.CharmBase):
         running worker keeps its open connections); the next hook after it restarts.
         """
         self._write_worker_config(settings)
+        self._write_lock_command()
         digest = self._worker_digest(settings)
         supervisor = self._supervisor()
         changed = digest != self._stored.worker_digest
@@ -376,13 +378,22 @@ class RollingOpsCharm(ops.CharmBase):
         )
         return write_private(self.paths.worker_config, config.model_dump_json(indent=2))
 
-    def _supervisor(self) -> Supervisor:
-        command = WorkerCommand(
+    def _worker_command(self) -> WorkerCommand:
+        return WorkerCommand(
             unit=self.unit.name,
             config_file=self.paths.worker_config,
             python_path=tuple(Path(p) for p in sys.path if p and Path(p).is_dir()),
         )
-        return supervisor_for(command, self.paths.root)
+
+    def _supervisor(self) -> Supervisor:
+        return supervisor_for(self._worker_command(), self.paths.root)
+
+    def _write_lock_command(self) -> None:
+        """``rollingops-lock`` for scripts on this machine, bound to this unit's socket."""
+        command = self._worker_command()
+        path = self.paths.lock_command
+        write_private(path, launcher(command.python, command.python_path, self.paths.sync_socket))
+        path.chmod(0o700)
 
     # -- the backend and the queue ------------------------------------------------------------
 

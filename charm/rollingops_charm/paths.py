@@ -28,6 +28,8 @@ class UnitPaths:
     worker_log: Path
     sync_socket: Path
     """Where the worker serves synchronous holds (published to the principal)."""
+    lock_command: Path
+    """``rollingops-lock`` bound to this unit's socket, for scripts on the machine (0700)."""
 
     @classmethod
     def for_unit(cls, unit: str) -> UnitPaths:
@@ -45,4 +47,5 @@ class UnitPaths:
             etcd_ca=root / "etcd-ca.pem",
             worker_log=root / "worker.log",
             sync_socket=root / SYNC_SOCKET_NAME,
+            lock_command=root / "rollingops-lock",
         )

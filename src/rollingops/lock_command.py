@@ -3,9 +3,11 @@
     rollingops-lock [--unit APP/N | --socket PATH] [--timeout S] [--holder LABEL] -- CMD [ARG...]
 
 For scripts and operators on a machine (cron jobs, maintenance scripts, principals related over
-``juju-info`` that cannot use the library). It asks the unit's worker for a synchronous hold
-(``sync_server``), runs ``CMD`` with its arguments as given (never through a shell) with the
-fencing token in ``ROLLINGOPS_TOKEN``, and releases when the command exits. Killed itself, its
+``juju-info`` that cannot use the library); each unit's charm writes a launcher of it, bound to
+its socket, as ``/var/lib/rollingops/<app>-<n>/rollingops-lock``. It asks the unit's worker
+for a synchronous hold (``sync_server``), runs ``CMD`` with its arguments as given (never
+through a shell) with the fencing token in ``ROLLINGOPS_TOKEN``, and releases when the command
+exits. Killed itself, its
 connection drops and the worker releases; the command is then sent SIGTERM by the kernel (parent
 death signal), so it never goes on without the lock. SIGTERM and SIGINT are passed on to the
 command, whose end is waited for before the release.
@@ -23,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from rollingops_principal.errors import (
@@ -40,6 +43,25 @@ EXIT_UNAVAILABLE = 69
 EXIT_LOST = 70
 EXIT_TIMEOUT = 75
 _PR_SET_PDEATHSIG = 1
+
+
+def launcher(python: Path, python_path: Sequence[Path], socket: Path) -> str:
+    """The source of one unit's ``rollingops-lock`` (the charm writes it next to the socket).
+
+    It runs this module with the charm's interpreter and import path, on that unit's socket.
+    """
+    return "\n".join(
+        [
+            f"#!{python}",
+            '"""rollingops-lock for the unit whose directory holds this file (see --help)."""',
+            "import sys",
+            f"sys.path[:0] = {[str(path) for path in python_path]!r}",
+            "from rollingops.lock_command import main",
+            f"sys.argv[1:1] = ['--socket', {str(socket)!r}]",
+            "main()",
+            "",
+        ]
+    )
 
 
 def _die_with_parent() -> None:

@@ -1,0 +1,113 @@
+"""``rollingops-lock`` (the launcher the charm writes) against real workers on real etcd."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from etcd_helpers import WorkerFarm, operation, wait_until
+
+from rollingops.control import DomainControl
+from rollingops.lock_command import EXIT_TIMEOUT, EXIT_UNAVAILABLE, launcher
+
+PYTHON = Path(sys.executable)
+
+
+def lock_command(farm: WorkerFarm, unit: str, tmp_path: Path) -> Path:
+    """The launcher, as the charm writes it for ``unit``, after its worker listens."""
+    farm.start(unit)
+    socket = farm.config(unit).sync_socket
+    wait_until(socket.is_socket, what=f"{unit}'s sync socket")
+    path = tmp_path / f"rollingops-lock-{unit.replace('/', '-')}"
+    path.write_text(launcher(PYTHON, [Path(p) for p in sys.path if p], socket))
+    path.chmod(0o700)
+    return path
+
+
+def started(farm: WorkerFarm, op: str) -> float | None:
+    return next((r["ts"] for r in farm.records() if r["event"] == "start" and r["op"] == op), None)
+
+
+def test_runs_the_command_under_the_lock_without_a_shell_and_returns_its_status(
+    farm, client, tmp_path
+):
+    command = lock_command(farm, "app/0", tmp_path)
+    farm.start("app/1")
+    out = tmp_path / "out"
+    script = (
+        "import os, sys, time, pathlib\n"
+        "token = os.environ['ROLLINGOPS_TOKEN']\n"
+        "pathlib.Path(sys.argv[1]).write_text(token + ' ' + sys.argv[2])\n"
+        "time.sleep(1)\n"
+        "sys.exit(7)\n"
+    )
+    hostile = f"$(touch {tmp_path}/pwned); `id` && echo; 'quoted' \"x\""
+    process = subprocess.Popen([str(command), "--", str(PYTHON), "-c", script, str(out), hostile])
+    wait_until(out.exists, what="the command running")
+    farm.enqueue(client, "app/1", operation("restart"))
+    assert process.wait(timeout=30) == 7, "the command's own status"
+    finished_at = time.time()
+    token, argument = out.read_text().split(" ", 1)
+    assert argument == hostile, "the argument reached the command as given"
+    begun = wait_until(lambda: started(farm, "restart"), what="the async op after it")
+    assert begun <= finished_at + 30
+    (start,) = [r for r in farm.records() if r["event"] == "start"]
+    assert start["token"] > int(token)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_not_granted_in_time_exits_75_and_leaves_nothing(farm, client, tmp_path):
+    command = lock_command(farm, "app/0", tmp_path)
+    farm.start("app/1")
+    farm.enqueue(client, "app/1", operation("long", hold=3))
+    wait_until(lambda: started(farm, "long"), what="an async holder")
+    done = subprocess.run(
+        [str(command), "--timeout", "0.5", "--", "true"], capture_output=True, text=True
+    )
+    assert done.returncode == EXIT_TIMEOUT
+    assert "not granted" in done.stderr
+    owners = [c.owner for c in DomainControl(client, farm.cluster.prefix, 1).contenders()]
+    assert owners == ["app/1"]
+
+
+def test_no_worker_exits_69_with_the_reason(tmp_path):
+    path = tmp_path / "rollingops-lock"
+    path.write_text(launcher(PYTHON, [Path(p) for p in sys.path if p], tmp_path / "sync.sock"))
+    path.chmod(0o700)
+    done = subprocess.run([str(path), "--", "true"], capture_output=True, text=True)
+    assert done.returncode == EXIT_UNAVAILABLE
+    assert "no rollingops worker answers" in done.stderr
+
+
+def test_killing_it_releases_the_lock_and_stops_the_command(farm, client, tmp_path):
+    command = lock_command(farm, "app/0", tmp_path)
+    pid_file = tmp_path / "pid"
+    script = (
+        "import os, sys, time, pathlib\n"
+        "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    process = subprocess.Popen([str(command), "--", str(PYTHON), "-c", script, str(pid_file)])
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="the command running")
+    child = int(pid_file.read_text())
+    assert DomainControl(client, farm.cluster.prefix, 1).contenders() != []
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    wait_until(
+        lambda: DomainControl(client, farm.cluster.prefix, 1).contenders() == [],
+        timeout=10,
+        what="the hold released",
+    )
+
+    def child_gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+
+    wait_until(child_gone, timeout=10, what="the command stopped with it")
