@@ -166,7 +166,7 @@ def record_of(state: testing.State) -> UnitRecord:
 
 def sub_bag(state: testing.State) -> dict[str, Any]:
     data = state.get_relations("rollingops")[0].local_unit_data
-    keys = ("granted", "state", "accepted", "rejected", "finished")
+    keys = ("granted", "state", "accepted", "rejected", "finished", "sync-socket")
     return {"protocol": data["protocol"]} | {k: json.loads(data.get(k) or "null") for k in keys}
 
 

@@ -16,6 +16,7 @@ from charm_helpers import (
     record_of,
     request,
     stored,
+    sub_bag,
     unit_dir,
     worker_hook,
 )
@@ -125,6 +126,21 @@ def test_credentials_and_worker_config_are_private_and_the_worker_starts(
     assert config.etcd.prefix == wired.cluster.prefix
     assert supervisor.calls == [("ensure_running", True)]
     assert out.unit_status == testing.ActiveStatus("idle (etcd, max-concurrent 1)")
+
+
+def test_the_sync_socket_is_published_while_etcd_grants_with_a_launcher_beside_it(
+    ctx, supervisor, wired, tmp_path
+):
+    state = wired.state(peer(), principal_relation(), leader=True)
+    out = ctx.run(ctx.on.update_status(), state)
+    socket = unit_dir(tmp_path) / "sync.sock"
+    assert sub_bag(out)["sync-socket"] == str(socket)
+    command = unit_dir(tmp_path) / "rollingops-lock"
+    assert stat.S_IMODE(command.stat().st_mode) == 0o700
+    assert repr(str(socket)) in command.read_text()
+    (relation,) = [r for r in out.relations if r.endpoint == "etcd"]
+    out = ctx.run(ctx.on.relation_broken(relation), out)
+    assert sub_bag(out)["sync-socket"] is None, "no sync grants under peer"
 
 
 def test_worker_restarts_on_upgrade_and_config_change_only(ctx, supervisor, wired):
