@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
@@ -122,9 +123,24 @@ class SyncGrant:
     def __init__(self, connection: socket.socket, token: int) -> None:
         self._connection = connection
         self.token = token
+        self.released = False
+
+    def forget_in_child(self) -> None:
+        """In a forked child: drop this process's copy of the connection.
+
+        The hold must end when the process that asked for it ends; a child keeping the
+        connection open would keep it held.
+        """
+        os.close(self._connection.fileno())
 
     def release(self) -> None:
-        """Give the lock back; raise ``SyncLockLostError`` if the hold had ended before."""
+        """Give the lock back; raise ``SyncLockLostError`` if the hold had ended before.
+
+        Releasing again does nothing: a hold ends once.
+        """
+        if self.released:
+            return
+        self.released = True
         try:
             self._connection.sendall(ReleaseRequest().line())
             reply = _read_reply(self._connection, REPLY_MARGIN)
@@ -154,6 +170,8 @@ def acquire(path: Path, timeout: float, holder: str, context: Context) -> SyncGr
         raise SyncLockError(f"invalid {first['loc'][0]}: {first['msg']}") from error
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        # A worker that accepts nothing (stopped, its backlog full) must not hang a hook.
+        connection.settimeout(REPLY_MARGIN)
         with reachable(path) as address:
             connection.connect(address)
         connection.sendall(request.line())
@@ -190,11 +208,15 @@ def hold(path: Path, timeout: float, holder: str, context: Context) -> Iterator[
 
 
 def _read_reply(connection: socket.socket, timeout: float) -> Reply:
-    """The worker's next line; a closed connection or a bad line is an error with a reason."""
-    connection.settimeout(timeout)
+    """The worker's next line within ``timeout`` seconds in all; else an error with a reason."""
+    deadline = time.monotonic() + timeout
     line = b""
     try:
         while not line.endswith(b"\n") and len(line) <= MAX_LINE:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            connection.settimeout(left)
             chunk = connection.recv(MAX_LINE + 1 - len(line))
             if not chunk:
                 raise SyncLockError("the worker closed the connection (stopped or restarted)")

@@ -220,6 +220,8 @@ class SyncServer:
                     self._control.wait_for_change(
                         state, end, lambda: time.monotonic() >= deadline or lease.lost.is_set()
                     )
+                    if end.is_set():
+                        raise AcquireCancelledError
                     lease.check()
                     if time.monotonic() >= deadline:
                         raise TimeoutError("paused")
@@ -290,10 +292,9 @@ class _Session:
             raise _RefusedError("refused", f"uid {uid} may not hold the lock")
 
     def read_request(self) -> AcquireRequest:
-        """The first line, within ``_FIRST_LINE_WITHIN`` seconds."""
-        self._connection.settimeout(_FIRST_LINE_WITHIN)
+        """The first line, whole within ``_FIRST_LINE_WITHIN`` seconds (however it trickles)."""
         try:
-            line = self._next_line()
+            line = self._next_line(time.monotonic() + _FIRST_LINE_WITHIN)
         except TimeoutError as error:
             raise _RefusedError("bad-request", "no request within 5 s") from error
         except ValueError as error:
@@ -330,11 +331,19 @@ class _Session:
             self.released.set()
             self.end.set()
 
-    def _next_line(self) -> bytes | None:
-        """One line (``None`` at the end); ``ValueError`` for a line too long."""
+    def _next_line(self, deadline: float | None = None) -> bytes | None:
+        """One line (``None`` at the end); ``ValueError`` for a line too long.
+
+        ``TimeoutError`` when ``deadline`` (monotonic) passes before the line is whole.
+        """
         while b"\n" not in self._buffer:
             if len(self._buffer) >= MAX_LINE:
                 raise ValueError(f"a line longer than {MAX_LINE} bytes")
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self._connection.settimeout(left)
             chunk = self._connection.recv(MAX_LINE)
             if not chunk:
                 return None

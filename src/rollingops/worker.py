@@ -510,16 +510,23 @@ class Worker:
             record("sync-socket-failed", socket=str(self.config.sync_socket), error=str(error))
 
     def _unanswered_hold(self) -> str | None:
-        """The operation this worker holds the lock for while its principal has not answered.
+        """What this worker holds the lock for while its principal has not answered, if any.
 
         Read from the sync server's threads: a glance at the main loop's state, which a
-        synchronous hold of the same unit uses only to refuse a wait that could never end.
+        synchronous hold of the same unit uses only to refuse a wait that could never end. A
+        held slot is such a hold from the moment it is held: before the claim (a pause, the
+        claim's round trip) the operation it will start is the head of the queue, and its hook
+        cannot run either while the caller's hook holds the machine lock.
         """
         semaphore, snapshot = self._semaphore, self._snapshot
-        if semaphore is None or semaphore.token is None or snapshot is None:
+        if semaphore is None or semaphore.token is None:
             return None
-        running = snapshot.queue.current
-        return running.operation.id if running is not None and running.result is None else None
+        queue = snapshot.queue if snapshot is not None else None
+        if queue is None:
+            return "the operation it is about to start"
+        if queue.current is not None:
+            return queue.current.operation.id if queue.current.result is None else None
+        return queue.pending[0].id if queue.pending else None
 
     def _shutdown(self) -> None:
         if self._watch is not None:

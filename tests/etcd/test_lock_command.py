@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from etcd_helpers import WorkerFarm, operation, wait_until
 
 from rollingops.control import DomainControl
@@ -111,3 +112,46 @@ def test_killing_it_releases_the_lock_and_stops_the_command(farm, client, tmp_pa
         return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
 
     wait_until(child_gone, timeout=10, what="the command stopped with it")
+
+
+@pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGKILL])
+def test_nothing_the_command_started_goes_on_after_the_lock_is_gone(farm, client, tmp_path, kill):
+    command = lock_command(farm, "app/0", tmp_path)
+    farm.start("app/1")
+    marker, done = tmp_path / "started", tmp_path / "done"
+    work = f"import time; time.sleep(4); open({str(done)!r}, 'w').write(str(time.time()))"
+    script = f'touch {marker}; {PYTHON} -c "{work}"; echo step2'
+    process = subprocess.Popen([str(command), "--", "sh", "-c", script])
+    wait_until(marker.exists, what="the command running under the lock")
+    farm.enqueue(client, "app/1", operation("restart"))
+    time.sleep(0.5)
+    process.send_signal(kill)
+    process.wait(timeout=15)
+    begun = wait_until(lambda: started(farm, "restart"), timeout=15, what="the next holder")
+    time.sleep(5)
+    assert not done.exists() or float(done.read_text()) < begun
+
+
+def test_a_command_ended_by_a_signal_exits_as_a_shell_says(farm, tmp_path):
+    command = lock_command(farm, "app/0", tmp_path)
+    done = subprocess.run([str(command), "--", "sh", "-c", "kill -TERM $$"], check=False)
+    assert done.returncode == 128 + signal.SIGTERM
+
+
+def test_inside_a_hook_it_is_refused_at_once_when_its_unit_holds_an_unanswered_op(
+    farm, client, tmp_path
+):
+    command = lock_command(farm, "app/0", tmp_path)
+    farm.enqueue(client, "app/0", operation("mine", hold=8))
+    wait_until(lambda: started(farm, "mine"), what="this unit's own operation running")
+    begun = time.monotonic()
+    done = subprocess.run(
+        [str(command), "--timeout", "4", "--", "true"],
+        env={**os.environ, "JUJU_CONTEXT_ID": "principal-0-stop-1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == EXIT_UNAVAILABLE
+    assert "holds the lock for operation mine" in done.stderr
+    assert time.monotonic() - begun < 3

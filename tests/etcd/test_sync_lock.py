@@ -6,6 +6,7 @@ synchronous holds are recorded here, from the grant's reply to just before the r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,11 +25,12 @@ from rollingops_principal.errors import (
     SyncLockTimeoutError,
     SyncLockUnavailableError,
 )
-from rollingops_principal.sync_wire import MAX_LINE, acquire, hold, reachable
+from rollingops_principal.sync_wire import MAX_LINE, REPLY_MARGIN, acquire, hold, reachable
 from test_semaphore import max_overlap
 
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient
+from rollingops.sync_server import MAX_SESSIONS
 
 
 def socket_of(farm: WorkerFarm, unit: str) -> Path:
@@ -272,3 +274,90 @@ def test_each_unit_serves_its_own_socket_under_its_own_directory(farm):
     assert paths[0] != paths[1]
     assert all(path.parent.name in ("app-0", "app-1") for path in paths)
     assert all(os.stat(path.parent).st_mode & 0o777 == 0o700 for path in paths)
+
+
+def test_a_client_leaving_while_a_pause_is_waited_out_ends_its_hold_at_once(farm, client):
+    path = serving(farm, "app/0")
+    control = DomainControl(client, farm.cluster.prefix, 1)
+    control.pause("maintenance", "operator")
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with reachable(path) as address:
+        raw.connect(address)
+    raw.sendall(b'{"op":"acquire","timeout":60,"holder":"h","context":"command"}\n')
+    wait_until(lambda: events_of(farm, "app/0", "sync-paused"), what="the hold waiting")
+    raw.close()
+    wait_until(lambda: control.contenders() == [], timeout=5, what="the hold gone")
+    time.sleep(1)
+    assert len(events_of(farm, "app/0", "sync-paused")) == 1, "no loop after the client left"
+
+
+def test_a_stopped_worker_does_not_hang_the_client(farm):
+    path = serving(farm, "app/0")
+    farm.processes["app/0"].send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(40):  # earlier callers that gave up filled the backlog
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError), reachable(path) as address:
+                filler.connect(address)
+            filler.close()
+        begun = time.monotonic()
+        with pytest.raises(SyncLockError):
+            acquire(path, 1, "stop hook", "hook")
+        assert time.monotonic() - begun < 1 + REPLY_MARGIN + 2
+    finally:
+        farm.processes["app/0"].send_signal(signal.SIGCONT)
+
+
+def test_first_lines_that_trickle_cannot_take_every_session(farm, client):
+    path = serving(farm, "app/0")
+    request = b'{"op":"acquire","timeout":60,"holder":"' + b"x" * 40 + b'","context":"command"}'
+    stop = threading.Event()
+    crowd = []
+    for _ in range(MAX_SESSIONS):
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with reachable(path) as address:
+            connection.connect(address)
+        crowd.append(connection)
+
+    def drip() -> None:
+        for index in range(len(request)):  # never the newline
+            for connection in crowd:
+                with contextlib.suppress(OSError):
+                    connection.send(request[index : index + 1])
+            if stop.wait(2):
+                return
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        time.sleep(7)  # past the 5 s bound on a whole first line
+        with hold(path, 5, "stop hook", "hook") as grant:
+            assert grant.token > 0
+    finally:
+        stop.set()
+        for connection in crowd:
+            connection.close()
+
+
+def test_a_hook_is_refused_while_its_own_worker_holds_the_slot_before_the_claim(farm, client):
+    path = serving(farm, "app/0")
+    control = DomainControl(client, farm.cluster.prefix, 1)
+    control.pause("maintenance", "operator")
+    farm.enqueue(client, "app/0", operation("mine", hold=1))
+    wait_until(lambda: events_of(farm, "app/0", "paused"), what="slot held, claim paused")
+    begun = time.monotonic()
+    with pytest.raises(SyncLockError, match="holds the lock for operation mine"):
+        acquire(path, 3, "stop hook", "hook")
+    assert time.monotonic() - begun < 2
+
+
+def test_an_early_release_inside_the_block_is_not_a_loss(farm, client):
+    path = serving(farm, "app/0")
+    with hold(path, 10, "teardown", "hook") as grant:
+        grant.release()
+        assert contenders(client, farm) == []
+        grant.release()
+
+
+def events_of(farm: WorkerFarm, unit: str, name: str) -> list[dict[str, Any]]:
+    return [line for line in farm.log(unit) if line["event"] == name]
