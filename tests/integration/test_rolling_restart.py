@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -259,3 +260,75 @@ def test_lock_status_reports_etcd(model: jubilant.Juju, app: str) -> None:
         assert results["worker-running"] == TRUE, results
         assert results["paused"] == str(False), results
         assert not results.get("holders"), results
+
+
+def test_rollingops_lock_on_ubuntu_machines_holds_one_at_a_time(model: jubilant.Juju) -> None:
+    """The launcher each unit writes, run on every ``ubuntu`` machine at once: one at a time."""
+    juju = model
+    status = juju.status()
+    subordinates = sorted(status.get_units(SUB_UBUNTU), key=_unit_number)
+    folder = EXCLUSIVE_LOG.rpartition("/")[0]
+    script = (
+        f"mkdir -p {folder} && echo start $(date +%s.%N) > {EXCLUSIVE_LOG}"
+        f" && sleep {HOLD_SECONDS} && echo end $(date +%s.%N) >> {EXCLUSIVE_LOG}"
+        f" && echo token $ROLLINGOPS_TOKEN >> {EXCLUSIVE_LOG}"
+    )
+
+    def hold(unit: str) -> None:
+        launcher = f"/var/lib/rollingops/{unit.replace('/', '-')}/rollingops-lock"
+        command = shlex.join([launcher, "--timeout", "300", "--", "sh", "-c", script])
+        juju.exec(command, unit=unit, wait=10 * 60)
+
+    threads = [threading.Thread(target=hold, args=(unit,)) for unit in subordinates]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    windows = []
+    for unit in subordinates:
+        lines = juju.exec("cat", EXCLUSIVE_LOG, unit=unit).stdout.split("\n")
+        stamps = dict(line.split() for line in lines if line.strip())
+        token, start, end = int(stamps["token"]), float(stamps["start"]), float(stamps["end"])
+        windows.append(Window(unit, "lock", token, start, end))
+    assert_one_at_a_time(windows)
+
+
+def test_a_removed_principal_leaves_under_the_sync_lock_while_the_others_roll(
+    model: jubilant.Juju,
+) -> None:
+    """Scale-down during a rolling restart: the leaving unit's ``stop`` holds the sync lock.
+
+    The demo principal records ``leave-start``/``leave-end`` (or ``leave-failed`` with the
+    reason) on its machine, which outlives the unit; the others' restarts must not overlap it.
+    """
+    juju = model
+    juju.add_unit(PRINCIPAL)
+    juju.config(PRINCIPAL, {"leave-seconds": HOLD_SECONDS})
+    juju.wait(jubilant.all_agents_idle, error=jubilant.any_error, timeout=20 * 60)
+    principals = sorted(juju.status().get_units(PRINCIPAL), key=_unit_number)
+    leaving, staying = principals[-1], principals[:-1]
+    machine = juju.status().get_units(PRINCIPAL)[leaving].machine
+    requested = {}
+    for unit in staying:
+        task = juju.run(unit, "restart", {"kwargs": json.dumps({"seconds": HOLD_SECONDS})})
+        requested[task.results["op"]] = unit
+    juju.remove_unit(leaving)
+    records: dict[str, list[dict[str, Any]]] = {}
+
+    def all_ended() -> bool:
+        records.update({unit: _principal_record(juju, unit) for unit in staying})
+        ended = {r["op"] for lines in records.values() for r in lines if r["event"] == "end"}
+        return set(requested) <= ended and leaving not in juju.status().get_units(PRINCIPAL)
+
+    _wait_until(juju, all_ended, timeout=20 * 60)
+    path = "/var/lib/rollingops-demo/record.jsonl"
+    lines = juju.exec("cat", path, machine=machine).stdout.splitlines()
+    left = [json.loads(line) for line in lines if '"leave' in line]
+    assert [r["event"] for r in left if r["unit"] == leaving] == ["leave-start", "leave-end"], left
+    start, end = (r for r in left if r["unit"] == leaving)
+    windows = [Window(leaving, "leave", int(start["token"]), start["ts"], end["ts"])]
+    for op, unit in requested.items():
+        (begun,) = (r for r in records[unit] if r["op"] == op and r["event"] == "start")
+        (ended,) = (r for r in records[unit] if r["op"] == op and r["event"] == "end")
+        windows.append(Window(unit, op, int(begun["token"]), begun["ts"], ended["ts"]))
+    assert_one_at_a_time(windows)
