@@ -1,5 +1,7 @@
 """The principal side of rollingops: ``RollingOps``, the protocol v1 models, the sync lock."""
 
+__version__ = "0.2.0"
+
 from .errors import (
     SyncLockError,
     SyncLockLostError,
@@ -18,7 +20,7 @@ from .protocol import (
     SubordinateBag,
     SubordinateState,
 )
-from .rollingops import LockGrantedEvent, LockLostEvent, RollingOps, RollingOpsError
+from .rollingops import LockGrantedEvent, LockLostEvent, LockResult, RollingOps, RollingOpsError
 from .sync_wire import SyncGrant
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "Grant",
     "LockGrantedEvent",
     "LockLostEvent",
+    "LockResult",
     "PrincipalBag",
     "Rejection",
     "Request",
@@ -41,4 +44,5 @@ __all__ = [
     "SyncLockNoRelationError",
     "SyncLockTimeoutError",
     "SyncLockUnavailableError",
+    "__version__",
 ]

@@ -5,10 +5,12 @@
     self.rolling.request("restart", {"reason": "config changed"})
 
 The library never waits and never defers. ``request`` writes the request into this unit's
-databag and returns its id. When the subordinate grants it, the registered callback runs in
-that ``relation-changed`` hook and its return value (``None`` means ``release``) is reported; an
-exception counts as ``retry-release``. Without a registered callback, ``on.lock_granted`` is
-emitted and the charm calls ``finish`` when it is done (in that hook or a later one).
+databag (or keeps it until the relation exists) and returns its id. When the subordinate grants
+it, the registered callback runs in that ``relation-changed`` hook and its return value (a
+``LockResult``; ``None`` means ``release``) is reported; an exception counts as
+``retry-release``, a value that is no result is logged and reported as ``release``. A callback
+named in ``events`` instead emits ``on.lock_granted``, and the charm calls ``finish`` when it is
+done (in that hook or a later one).
 
 The subordinate rewrites its databag only when the principal has something to act on (a grant,
 a rejection, an operation that ended other than ``done``): that keeps an operation at 5 hooks,
@@ -22,12 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import enum
 import inspect
 import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +70,21 @@ LOST_OUTCOMES = {
 }
 """Finished outcomes announced with ``lock_lost``, and the reason given when none is reported."""
 
-Callback = Callable[..., "ResultName | None"]
+
+class LockResult(str, enum.Enum):
+    """What a callback returns (or ``finish`` reports) when its operation is over for now."""
+
+    RELEASE = "release"
+    """Done: give the lock back."""
+    RETRY_RELEASE = "retry-release"
+    """Run it again later: give the lock back, the operation goes back in the queue."""
+    RETRY_HOLD = "retry-hold"
+    """Run it again now: keep the lock, the callback is called again (next attempt)."""
+
+
+_ALLOWED = "allowed are None, " + ", ".join(repr(result.value) for result in LockResult)
+
+Callback = Callable[..., "LockResult | ResultName | None"]
 """Called with the request's kwargs as keyword arguments while the unit holds the lock."""
 
 
@@ -159,13 +176,21 @@ class RollingOps(ops.Object):
         charm: ops.CharmBase,
         relation_name: str = "rollingops",
         callbacks: Mapping[str, Callback] | None = None,
+        events: Iterable[str] = (),
     ) -> None:
+        """Serve ``callbacks`` by name; ``events`` names the callbacks served by ``lock_granted``.
+
+        Once either names anything, ``request`` refuses any other name: a misspelled callback
+        would otherwise hold the lock with nothing to answer it.
+        """
         super().__init__(charm, f"rollingops-{relation_name}")
         self._relation_name = relation_name
         self._callbacks = dict(callbacks or {})
-        self._stored.set_default(delivered=[], requested={}, answered=[])
-        self.framework.observe(charm.on[relation_name].relation_joined, self._on_changed)
-        self.framework.observe(charm.on[relation_name].relation_changed, self._on_changed)
+        self._known = frozenset(self._callbacks) | frozenset(events)
+        self._stored.set_default(delivered=[], requested={}, answered=[], unsent=[])
+        on = charm.on[relation_name]
+        for event in (on.relation_created, on.relation_joined, on.relation_changed):
+            self.framework.observe(event, self._on_changed)
 
     # -- what a charm calls ------------------------------------------------------------------
 
@@ -177,19 +202,20 @@ class RollingOps(ops.Object):
     ) -> str:
         """Ask to run ``callback(**kwargs)`` under the lock; return the operation id.
 
-        Raises ``RollingOpsError`` (and writes nothing) if the subordinate is not related or
-        the request is invalid (bad callback name, kwargs not JSON or too large, too many
-        requests waiting).
+        Without the relation yet (``config-changed`` runs before ``juju integrate``), the
+        request is kept in this unit's stored state and sent when the relation appears;
+        ``state`` says so meanwhile. Raises ``RollingOpsError`` (and keeps nothing) if the
+        request is invalid: a callback name this charm did not register, kwargs not JSON or too
+        large, too many requests waiting.
         """
-        target = self._callbacks.get(callback)
-        if target is not None and TOKEN_ARGUMENT in (kwargs or {}) and _takes_token(target):
-            raise RollingOpsError(
-                f"kwargs may not use {TOKEN_ARGUMENT!r}: callback {callback!r} receives the "
-                "fencing token under that name"
-            )
-        bag = self._bag()
-        requests = self._untaken(_load(bag, "requests"))
-        if len(requests) >= MAX_REQUESTS:
+        self._check_callback(callback, kwargs)
+        relation = self._relation()
+        waiting = (
+            self._unsent()
+            if relation is None
+            else self._untaken(_load(relation.data[self.model.unit], "requests"))
+        )
+        if len(waiting) >= MAX_REQUESTS:
             raise RollingOpsError(f"{MAX_REQUESTS} requests are already waiting")
         op_id = f"op-{secrets.token_hex(6)}"
         try:
@@ -202,17 +228,27 @@ class RollingOps(ops.Object):
             )
         except ValidationError as error:
             raise RollingOpsError(f"invalid request: {error.errors()[0]['msg']}") from error
-        bag["requests"] = json.dumps([*requests, request.dump()])
+        if relation is None:
+            self._stored.unsent = [*self._stored.unsent, json.dumps(request.dump())]  # type: ignore[reportUnknownMemberType]
+            logger.info("rollingops not related yet: %s kept until it is", op_id)
+        else:
+            relation.data[self.model.unit]["requests"] = json.dumps([*waiting, request.dump()])
         self._stored.requested = {**self._stored.requested, op_id: callback}  # type: ignore[reportUnknownMemberType]
         return op_id
 
-    def finish(self, op_id: str, result: ResultName = "release") -> None:
+    def finish(self, op_id: str, result: LockResult | ResultName = LockResult.RELEASE) -> None:
         """Report the outcome of the granted operation ``op_id``.
+
+        ``result`` is a ``LockResult`` (or its value); anything else raises ``RollingOpsError``.
 
         The answer is also remembered here (op id, attempt, result) until the subordinate
         reports the operation over: ``state`` and ``is_waiting`` use it, since the subordinate
         does not rewrite its bag when it applies a result.
         """
+        try:
+            result = LockResult(result).value
+        except ValueError as error:
+            raise RollingOpsError(f"{result!r} is not a result: {_ALLOWED}") from error
         granted = self.granted
         if granted is None or granted.id != op_id:
             raise RollingOpsError(f"operation {op_id!r} is not granted now")
@@ -292,7 +328,7 @@ class RollingOps(ops.Object):
         """
         view = self._view()
         if view is None:
-            return None
+            return self._kept_state()
         reported = view.state
         if reported.status == "unavailable":
             status = "unavailable"
@@ -320,6 +356,47 @@ class RollingOps(ops.Object):
         except (ValueError, ValidationError):
             view = None
         return self._waiting(view, callback)
+
+    def _check_callback(self, callback: str, kwargs: Mapping[str, JsonValue] | None) -> None:
+        if self._known and callback not in self._known:
+            raise RollingOpsError(
+                f"unknown callback {callback!r}: this charm registered {sorted(self._known)} "
+                "(RollingOps callbacks= and events=)"
+            )
+        target = self._callbacks.get(callback)
+        if target is not None and TOKEN_ARGUMENT in (kwargs or {}) and _takes_token(target):
+            raise RollingOpsError(
+                f"kwargs may not use {TOKEN_ARGUMENT!r}: callback {callback!r} receives the "
+                "fencing token under that name"
+            )
+
+    def _unsent(self) -> list[dict[str, Any]]:
+        """Requests made before the relation existed, oldest first (stored as JSON text)."""
+        return [json.loads(raw) for raw in self._stored.unsent]  # type: ignore[reportUnknownArgumentType,reportUnknownVariableType]
+
+    def _kept_state(self) -> SubordinateState | None:
+        """What ``state`` says before the subordinate wrote anything: kept requests, if any."""
+        kept = len(self._unsent())
+        if self._relation() is not None or not kept:
+            return None
+        return SubordinateState(
+            backend=None,
+            status="waiting",
+            queue_length=kept,
+            message=f"not related to rollingops yet: {kept} request(s) kept until it is",
+        )
+
+    def _send_unsent(self, relation: ops.Relation) -> None:
+        """Put the requests kept before the relation existed into our bag, as many as fit."""
+        unsent = self._unsent()
+        if not unsent:
+            return
+        bag = relation.data[self.model.unit]
+        waiting = self._untaken(_load(bag, "requests"))
+        room = max(MAX_REQUESTS - len(waiting), 0)
+        bag["requests"] = json.dumps([*waiting, *unsent[:room]])
+        self._stored.unsent = [json.dumps(r) for r in unsent[room:]]
+        logger.info("rollingops related: %d kept request(s) sent", min(room, len(unsent)))
 
     # -- relation ----------------------------------------------------------------------------
 
@@ -369,7 +446,8 @@ class RollingOps(ops.Object):
             callback in (None, name) and op_id not in over for op_id, name in requested.items()
         )
 
-    def _on_changed(self, _: ops.EventBase) -> None:
+    def _on_changed(self, event: ops.RelationEvent) -> None:
+        self._send_unsent(event.relation)
         try:
             view = self._view()
         except (ValueError, ValidationError) as error:
@@ -445,11 +523,31 @@ class RollingOps(ops.Object):
         if _takes_token(callback):
             arguments[TOKEN_ARGUMENT] = grant.token
         try:
-            result = callback(**arguments) or "release"
+            returned = callback(**arguments)
         except Exception:
             logger.exception("rollingops callback %s failed: retry-release", grant.callback)
-            result = "retry-release"
-        self.finish(grant.id, result)
+            returned = LockResult.RETRY_RELEASE
+        self.finish(grant.id, _result_of(grant.callback, returned))
+
+
+def _result_of(callback: str, returned: object) -> LockResult:
+    """A callback's return value as a result; a value that is none is logged, not raised.
+
+    Raising would error the hook, and Juju's retry would run the callback again: it ran to its
+    end, so its operation is reported ``release`` (done), with the error in the log.
+    """
+    if returned is None:
+        return LockResult.RELEASE
+    try:
+        return LockResult(returned)
+    except ValueError:
+        logger.error(  # noqa: TRY400 - no exception to show: a value the author returned
+            "rollingops callback %r returned %r, not a result (%s): reported as 'release'",
+            callback,
+            returned,
+            _ALLOWED,
+        )
+        return LockResult.RELEASE
 
 
 def _over(view: SubordinateBag) -> set[str]:

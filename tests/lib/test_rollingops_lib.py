@@ -17,13 +17,20 @@ from rollingops_charm.principal import PrincipalLink, subordinate_bag
 from rollingops_charm.unit_record import UnitRecord
 from rollingops_principal import (
     LockLostEvent,
+    LockResult,
     PrincipalBag,
     RollingOps,
     RollingOpsError,
     SubordinateBag,
     SubordinateState,
 )
-from rollingops_principal.protocol import Finished, Grant, Rejection
+from rollingops_principal.protocol import MAX_REQUESTS, Finished, Grant, Rejection
+from rollingops_principal.testing import (
+    granted_relation,
+    requests_of,
+    results_of,
+    subordinate_relation,
+)
 
 from rollingops.backend_choice import Backend
 from rollingops.models import Outcome
@@ -42,7 +49,9 @@ class Principal(ops.CharmBase):
     def __init__(self, framework: ops.Framework) -> None:
         super().__init__(framework)
         self.rolling = RollingOps(
-            self, callbacks={"restart": self._restart, "fenced": self._fenced}
+            self,
+            callbacks={"restart": self._restart, "fenced": self._fenced},
+            events=("reload",),
         )
         framework.observe(self.rolling.on.lock_granted, self._on_granted)
         framework.observe(self.on.restart_action, self._on_action)
@@ -127,7 +136,8 @@ def test_request_writes_a_valid_request_and_reports_waiting(ctx):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"callback": "rm -rf /"}, "invalid request: String should match pattern"),
+        ({"callback": "rm -rf /"}, "unknown callback 'rm -rf /'"),
+        ({"callback": "restrat"}, "unknown callback 'restrat': this charm registered"),
         ({"kwargs": json.dumps({"x": "y" * 40_000})}, "invalid request: Value error, kwargs are"),
     ],
 )
@@ -139,10 +149,64 @@ def test_invalid_requests_raise_and_write_nothing(ctx, params, message):
     assert str(raised.value.__cause__).startswith(message)
 
 
-def test_request_without_the_relation_says_what_to_do(ctx):
+def test_a_request_before_the_relation_is_kept_then_sent_when_it_appears(ctx):
+    out = ctx.run(ctx.on.action("restart"), testing.State())
+    op_id = ctx.action_results["op"]
+    assert requests_of_nothing(out)
+    rel = subordinate_relation()
+    sent = ctx.run(ctx.on.relation_created(rel), dataclasses.replace(out, relations={rel}))
+    assert [r.id for r in requests_of(sent)] == [op_id]
+    again = ctx.run(ctx.on.relation_changed(sent.get_relation(rel.id)), sent)
+    assert [r.id for r in requests_of(again)] == [op_id], "sent once, not twice"
+
+
+def requests_of_nothing(state: testing.State) -> bool:
+    return not state.relations
+
+
+def test_state_says_requests_are_kept_until_the_relation_exists(ctx):
+    out = ctx.run(ctx.on.action("restart"), testing.State())
+    with ctx(ctx.on.update_status(), out) as manager:
+        state = manager.charm.rolling.state
+        assert state is not None
+        assert (state.status, state.queue_length) == ("waiting", 1)
+        assert "not related to rollingops yet" in state.message
+        assert manager.charm.rolling.is_waiting("restart")
+
+
+def test_no_more_than_the_request_limit_is_kept_before_the_relation(ctx):
+    state = testing.State()
+    for _ in range(MAX_REQUESTS):
+        state = ctx.run(ctx.on.action("restart"), state)
     with pytest.raises(testing.errors.UncaughtCharmError) as raised:
-        ctx.run(ctx.on.action("restart"), testing.State())
-    assert "integrate the rollingops subordinate" in str(raised.value.__cause__)
+        ctx.run(ctx.on.action("restart"), state)
+    assert f"{MAX_REQUESTS} requests are already waiting" in str(raised.value.__cause__)
+
+
+def test_a_returned_value_that_is_no_result_is_logged_and_reported_release(ctx, caplog):
+    Principal.outcome = "retry_release"
+    rel = granted_relation("a", "restart", {"x": 1})
+    out = ctx.run(ctx.on.relation_changed(rel), testing.State(relations={rel}))
+    assert [(r.id, r.result) for r in results_of(out)] == [("a", "release")]
+    assert "'restart' returned 'retry_release', not a result" in caplog.text
+    assert "allowed are None, 'release', 'retry-release', 'retry-hold'" in caplog.text
+
+
+def test_a_callback_may_return_the_result_enum(ctx):
+    Principal.outcome = LockResult.RETRY_HOLD
+    rel = granted_relation("a", "restart")
+    out = ctx.run(ctx.on.relation_changed(rel), testing.State(relations={rel}))
+    assert [(r.id, r.result) for r in results_of(out)] == [("a", "retry-hold")]
+
+
+def test_finish_with_a_result_that_is_none_raises_a_clear_error():
+    context = testing.Context(Principal, meta=META, actions=ACTIONS)
+    rel = granted_relation("b", "reload")
+    with (
+        context(context.on.update_status(), testing.State(relations={rel})) as manager,
+        pytest.raises(RollingOpsError, match="'done' is not a result: allowed are None"),
+    ):
+        manager.charm.rolling.finish("b", "done")  # type: ignore[arg-type]
 
 
 def test_granted_callback_runs_with_its_kwargs_and_releases(ctx):

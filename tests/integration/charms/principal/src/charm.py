@@ -40,7 +40,9 @@ class DemoPrincipal(ops.CharmBase):
     def __init__(self, framework: ops.Framework) -> None:
         super().__init__(framework)
         self._attempts = 0
-        self.rolling = RollingOps(self, RELATION, callbacks={"flaky": self._flaky})
+        self.rolling = RollingOps(
+            self, RELATION, callbacks={"flaky": self._flaky}, events=("restart", "reload")
+        )
         framework.observe(self.rolling.on.lock_granted, self._on_lock_granted)
         framework.observe(self.rolling.on.lock_lost, self._on_lock_lost)
         framework.observe(self.on.restart_action, self._on_restart_action)
