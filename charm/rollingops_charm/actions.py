@@ -39,6 +39,13 @@ class ActionContext:
     records: RecordStore
     worker_running: Callable[[], bool]
     credentials: str
+    worker_events: Callable[[], list[str]]
+    """The worker's last events, a sentence each with its ISO time."""
+
+
+def _indexed_lines(lines: list[str]) -> dict[str, str]:
+    """Lines as a map keyed "01", "02"... (so that they sort as listed)."""
+    return {f"{index:02d}": line for index, line in enumerate(lines, start=1)}
 
 
 def _indexed(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -92,6 +99,8 @@ def lock_status(context: ActionContext, event: ops.ActionEvent) -> None:
         "worker-running": context.worker_running(),
         "etcd-credentials": context.credentials,
     }
+    if events := context.worker_events():
+        results["worker-events"] = _indexed_lines(events)
     try:
         view = context.backend.domain()
         queue = context.backend.live_queue(record)

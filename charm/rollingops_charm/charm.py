@@ -21,6 +21,7 @@ from pathlib import Path
 import ops
 from charmlibs.interfaces.certificate_transfer import CertificateTransferProvides
 
+from rollingops import worker_log
 from rollingops.backend_choice import Backend
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient, EtcdError, EtcdSettings
@@ -62,6 +63,10 @@ HOOK_RUNNER_ENV = "ROLLINGOPS_HOOK_RUNNER"
 HOOK_ETCD_BOUND = 2.0
 """Seconds any etcd call may take inside a hook: a hook holds the machine lock."""
 WORKER_ETCD_BOUND = 5.0
+RELAYED_EVENTS = 50
+"""Worker events relayed to juju-log in one hook; the rest are counted."""
+RECENT_EVENTS = 20
+"""Worker events ``lock-status`` shows."""
 
 
 class LockGrantedEvent(ops.EventBase):
@@ -117,12 +122,15 @@ class RollingOpsCharm(ops.CharmBase):
         self.etcd = EtcdRequirer(self.model, ETCD)
         self.client_ca = CertificateTransferProvides(self, CLIENT_CA)
         self.principal = PrincipalLink(self.model, PRINCIPAL)
-        self._stored.set_default(record="", active_prefix="", worker_digest="")
+        self._stored.set_default(
+            record="", active_prefix="", worker_digest="", worker_log_offset=0
+        )
         self.records = RecordStore(self._stored)
         self._observe()
 
     def _observe(self) -> None:
         observe = self.framework.observe
+        observe(self.framework.on.pre_commit, self._relay_worker_log)
         for event in (
             self.on.install,
             self.on.start,
@@ -528,6 +536,18 @@ class RollingOpsCharm(ops.CharmBase):
             return False
         return True
 
+    def _relay_worker_log(self, _: ops.EventBase) -> None:
+        """What the worker did since this unit's previous hook, one juju-log line per event."""
+        tail = worker_log.read_since(self.paths.worker_log, int(self._stored.worker_log_offset))
+        for line in tail.lines[:RELAYED_EVENTS]:
+            logger.info("worker: %s", line)
+        if len(tail.lines) > RELAYED_EVENTS:
+            logger.info(
+                "worker: %d more events (lock-status shows the last ones)",
+                len(tail.lines) - RELAYED_EVENTS,
+            )
+        self._stored.worker_log_offset = tail.offset
+
     def worker_running(self) -> bool:
         """Whether this unit's worker process is alive."""
         return self._supervisor().is_running()
@@ -561,6 +581,7 @@ class RollingOpsCharm(ops.CharmBase):
             records=self.records,
             worker_running=self.worker_running,
             credentials=self.credential_mode(),
+            worker_events=lambda: worker_log.last(self.paths.worker_log, RECENT_EVENTS),
         )
 
     def _on_action(self, event: ops.ActionEvent) -> None:

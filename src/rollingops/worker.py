@@ -53,6 +53,7 @@ from .store import (
 )
 from .sync_server import SyncServer
 from .worker_config import WorkerConfig
+from .worker_log import describe, iso
 
 EXIT_ETCD_FAILED = 3
 EXIT_BAD_CONFIG = 2
@@ -548,8 +549,16 @@ class Worker:
         record("stopped")
 
 
+_PLAIN_EVENTS = frozenset({"stopped", "idle", "pause-waited", "waiting"})
+"""Events logged without fields that still deserve a sentence."""
+
+
 class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, unit, event and the event's fields."""
+    """One JSON object per line: times, unit, event, a sentence and the event's fields.
+
+    Records of the engine's other loggers (a warning with ``%s`` arguments) carry their text as
+    ``event`` and no sentence.
+    """
 
     def __init__(self, unit: str) -> None:
         super().__init__()
@@ -557,12 +566,16 @@ class _JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = getattr(record, "fields", {})
+        event = record.getMessage()
+        message = describe(event, fields) if fields or event in _PLAIN_EVENTS else None
         return json.dumps(
             {
                 "ts": record.created,
+                "time": iso(record.created),
                 "unit": self._unit,
                 "level": record.levelname,
-                "event": record.getMessage(),
+                "event": event,
+                **({"message": message} if message else {}),
                 **fields,
             }
         )

@@ -270,6 +270,7 @@ class Model:
             records=Records(unit),  # type: ignore[arg-type]
             worker_running=lambda: True,
             credentials="model",
+            worker_events=list,
         )
         action = FakeActionEvent({"command": "true", "timeout": 10, "max-retry": 0})
         try:
@@ -292,6 +293,7 @@ class Model:
             records=Records(self.units[leader]),  # type: ignore[arg-type]
             worker_running=lambda: True,
             credentials="model",
+            worker_events=list,
         )
         params = {"reason": "model", "unit": name}
         run_action = {
