@@ -30,8 +30,9 @@ _MESSAGES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "acquired": lambda f: f"lock acquired after {f.get('waited', 0):.3f} s",
     "granted": lambda f: f"granted {_op(f)} with token {f.get('token')}",
     "hook-fired": lambda f: f"fired {f.get('hook')}",
-    "hook-failed": lambda f: f"{f.get('hook')} failed (attempt {f.get('attempt', 1)}): "
-    f"{f.get('error')}",
+    "hook-failed": lambda f: (
+        f"{f.get('hook')} failed (attempt {f.get('attempt', 1)}): {f.get('error')}"
+    ),
     "result": lambda f: f"{f.get('op')} answered {f.get('result')} (token {f.get('token')})",
     "released": lambda f: f"released the lock (token {f.get('token')})",
     "idle": lambda _: "idle: nothing queued, lease revoked",
@@ -40,13 +41,17 @@ _MESSAGES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "lock-lost": lambda f: f"lock lost ({f.get('stage', 'held')}): {f.get('reason')}",
     "operation-ended": lambda f: f"{f.get('op')} ended {f.get('outcome')}: {f.get('reason')}",
     "operation-gone": lambda f: f"{f.get('op')} was ended elsewhere (cancel or force-release)",
-    "etcd-unreachable": lambda f: f"etcd unreachable for {f.get('seconds', 0):.1f} s: "
-    f"{f.get('error')}",
-    "etcd-failed": lambda f: f"gave up: etcd unreachable past {f.get('deadline')} s; "
-    "fired the etcd-failed hook",
+    "etcd-unreachable": lambda f: (
+        f"etcd unreachable for {f.get('seconds', 0):.1f} s: {f.get('error')}"
+    ),
+    "etcd-failed": lambda f: (
+        f"gave up: etcd unreachable past {f.get('deadline')} s; fired the etcd-failed hook"
+    ),
     "sync-granted": lambda f: f"sync hold granted to {f.get('holder')} (token {f.get('token')})",
-    "sync-released": lambda f: f"sync hold of {f.get('holder')} released"
-    + (f" after the lock was lost: {f.get('lost')}" if f.get("lost") else ""),
+    "sync-released": lambda f: (
+        f"sync hold of {f.get('holder')} released"
+        + (f" after the lock was lost: {f.get('lost')}" if f.get("lost") else "")
+    ),
     "sync-refused": lambda f: f"sync hold refused ({f.get('error')}): {f.get('message')}",
 }
 """Events worth a sentence; the others (``releasing``, ``sync-waiting``...) stay in JSON only."""
