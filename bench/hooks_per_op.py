@@ -25,12 +25,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "sim"), str(ROOT / "tests")]
-warnings.filterwarnings("ignore", category=UserWarning, module="pydantic")
+from rollingops_sim.cluster import Cluster
+from testbed.etcd import NOT_INSTALLED, EtcdCluster, etcd_installed
 
-from cluster import Cluster  # noqa: E402
-from testbed.etcd import NOT_INSTALLED, EtcdCluster, etcd_installed  # noqa: E402
+warnings.filterwarnings("ignore", category=UserWarning, module="pydantic")
 
 OLD_PEER_LIBRARY = "4N-3 hooks per operation (65 for a 5-unit rolling restart)"
 

@@ -130,18 +130,10 @@ def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _reach_testbed() -> None:
-    """The test bed lives in ``tests/``: put it on the import path."""
-    tests = str(REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-
-
 @contextlib.contextmanager
 def etcd_cluster(size: int) -> Iterator[Any]:
     """A test-bed etcd of ``size`` members, killed on exit whatever happens."""
-    _reach_testbed()
-    from testbed.etcd import EtcdCluster  # noqa: PLC0415 - the test bed lives in tests/
+    from testbed.etcd import EtcdCluster  # noqa: PLC0415 - only the benchmark needs it
 
     with EtcdCluster(size) as cluster:
         yield cluster
@@ -149,7 +141,7 @@ def etcd_cluster(size: int) -> Iterator[Any]:
 
 def client_settings(cluster: Any) -> EtcdSettings:
     """What the application's client certificate may reach: the cluster's prefix only."""
-    from testbed.workers import settings_for  # noqa: PLC0415 - the test bed lives in tests/
+    from testbed.workers import settings_for  # noqa: PLC0415 - only the benchmark needs it
 
     return settings_for(cluster)
 
@@ -901,8 +893,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def describe_machine() -> None:
     """The facts a reader needs to compare these figures with another run."""
     print(f"- python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
-    _reach_testbed()
-    from testbed.etcd import etcd_version  # noqa: PLC0415 - the test bed lives in tests/
+    from testbed.etcd import etcd_version  # noqa: PLC0415 - only the benchmark needs it
 
     print(f"- etcd {etcd_version()}; loopback, mTLS, client-cert auth")
 

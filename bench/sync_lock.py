@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from lock_handoff import (
-    _reach_testbed,  # pyright: ignore[reportPrivateUsage]
     client_settings,
     etcd_cluster,
     ms,
@@ -107,7 +106,7 @@ def async_holds(farm: Any) -> list[float]:
 
 def keep_rolling(farm: Any, client: EtcdClient, stop: threading.Event, hold: float) -> None:
     """Keep every unit's queue non-empty: several async operations always wait."""
-    from testbed.workers import operation  # noqa: PLC0415 - the test bed lives in tests/
+    from testbed.workers import operation  # noqa: PLC0415 - only the benchmark needs it
 
     serial = 0
     while not stop.is_set():
@@ -127,8 +126,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1, help="etcd members (1)")
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between sync asks")
     args = parser.parse_args()
-    _reach_testbed()
-    from testbed.workers import WorkerFarm  # noqa: PLC0415 - the test bed lives in tests/
+    from testbed.workers import WorkerFarm  # noqa: PLC0415 - only the benchmark needs it
 
     progress(f"etcd x{args.members}, {platform.python_version()}, {platform.machine()}")
     with etcd_cluster(args.members) as cluster, tempfile.TemporaryDirectory() as tmp:

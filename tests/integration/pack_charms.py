@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "tests" / "integration" / "charms" / "principal"
+DEMO = ROOT / "demo" / "principal"
 LIBRARY = ROOT / "lib"
 BUILD = ROOT / "build" / "integration"
 PRINCIPAL_TREE = BUILD / "principal"

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cluster import Cluster
+from rollingops_sim.cluster import Cluster
 from testbed.etcd import EtcdCluster
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cluster import Cluster
+from rollingops_sim.cluster import Cluster
 
 
 def events(cluster: Cluster, name: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cluster import Cluster
+from rollingops_sim.cluster import Cluster
 from test_rolling import events, request_in_order
 
 

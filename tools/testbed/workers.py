@@ -96,8 +96,11 @@ class WorkerFarm:
     def start(
         self, unit: str, *, new_session: bool = False, **overrides: Any
     ) -> subprocess.Popen[bytes]:
-        """Start the unit's worker; ``new_session`` puts it (and the hooks it fires) in a process
-        group of its own, so one signal to the group reaches all of them, as on a machine."""
+        """Start the unit's worker.
+
+        ``new_session`` puts it (and the hooks it fires) in a process group of its own, so one
+        signal to the group reaches all of them, as on a machine.
+        """
         self.write_config(unit, **overrides)
         path = self.configs / f"{unit.replace('/', '-')}.json"
         process = subprocess.Popen(

@@ -213,7 +213,8 @@ class EtcdMember:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self.is_running else None
+        proc = self._proc
+        return proc.pid if proc is not None and self.is_running else None
 
     @property
     def is_running(self) -> bool:
@@ -600,8 +601,10 @@ class EtcdCluster:
         return name in self.etcdctl("user", "list", check=True).stdout.split()
 
     def add_user(self, name: str, prefix: str) -> None:
-        """A certificate-authenticated user with readwrite on ``prefix`` only, as charmed-etcd
-        provisions a client: no password, one role of the same name."""
+        """A certificate-authenticated user with readwrite on ``prefix`` only.
+
+        As charmed-etcd provisions a client: no password, one role of the same name.
+        """
         role = f"{name}-role"
         for step in (
             ("role", "add", role),
@@ -617,9 +620,11 @@ class EtcdCluster:
         self.etcdctl("role", "delete", f"{name}-role", check=True)
 
     def trust(self, client_certificates: set[str]) -> None:
-        """Trust these client certificates (pinned leaves or CAs) besides the test bed's own,
-        and restart the members one by one so they load the new bundle (what charmed-etcd does
-        when its client trust store changes)."""
+        """Trust these client certificates (pinned leaves or CAs) besides the test bed's own.
+
+        The members restart one by one so they load the new bundle (what charmed-etcd does when
+        its client trust store changes).
+        """
         bundle = pki.trust_bundle(
             self.ca.cert_pem, self.client_identity.cert_pem, *sorted(client_certificates)
         )
@@ -656,7 +661,7 @@ class EtcdCluster:
             *args,
         ]
         result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=_clean_env()
+            argv, capture_output=True, text=True, timeout=timeout, env=_clean_env(), check=False
         )
         if check and result.returncode != 0:
             raise EtcdTestbedError(

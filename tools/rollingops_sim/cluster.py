@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import importlib.util
 import json
 import os
 import pickle
@@ -49,13 +48,13 @@ from testbed.etcd import EtcdCluster
 from testbed.workers import settings_for
 
 from rollingops.control import DomainControl
-from rollingops.etcd_client import EtcdClient
+from rollingops.etcd_client import EtcdClient, EtcdError
 from rollingops.models import UnitQueue
 from rollingops.store import OperationStore
+from rollingops_sim.principal_charm import PrincipalCharm
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-PRINCIPAL_DIR = ROOT / "tests" / "integration" / "charms" / "principal"
 SUB_APP, PRINCIPAL_APP = "rollingops", "principal"
 PEER_ID, CONTAINER_BASE = 1, 100
 
@@ -64,26 +63,17 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def _principal_class() -> type:
-    spec = importlib.util.spec_from_file_location(
-        "demo_principal", PRINCIPAL_DIR / "src" / "charm.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.DemoPrincipal
-
-
-def principal_context(charm: type, root: Path, machine: int) -> testing.Context[Any]:
-    """The ops.testing context of the demo principal on ``machine`` (also for side hooks)."""
+def principal_context(
+    principal: PrincipalCharm, charm: type, root: Path, machine: int
+) -> testing.Context[Any]:
+    """The ops.testing context of the principal on ``machine`` (also for side hooks)."""
     charm_root = root / "charms" / f"{PRINCIPAL_APP}-{machine}"
     charm_root.mkdir(parents=True, exist_ok=True)
     return testing.Context(
         charm,
-        meta=_load_yaml(PRINCIPAL_DIR / "metadata.yaml"),
-        actions=_load_yaml(PRINCIPAL_DIR / "actions.yaml"),
-        config=_load_yaml(PRINCIPAL_DIR / "config.yaml"),
+        meta=principal.meta(),
+        actions=principal.actions(),
+        config=principal.config(),
         app_name=PRINCIPAL_APP,
         unit_id=machine,
         charm_root=charm_root,
@@ -153,6 +143,8 @@ class Cluster:
     etcd: EtcdCluster | None
     max_concurrent: int = 1
     lease_ttl: int = 10
+    principal: PrincipalCharm = field(default_factory=PrincipalCharm)
+    """The principal charm every machine runs (the demo principal by default)."""
     units: dict[str, SimUnit] = field(default_factory=dict[str, SimUnit])
     timeline: list[HookRecord] = field(default_factory=list[HookRecord])
     _pending: collections.deque[Hook] = field(default_factory=collections.deque[Hook])
@@ -164,6 +156,8 @@ class Cluster:
     model: testing.Model = field(default_factory=testing.Model)
     """One model for every unit: the etcd user's name depends on its uuid."""
     _side: dict[int, _SideHook] = field(default_factory=dict[int, "_SideHook"])
+    _client: EtcdClient | None = None
+    """The simulator's own client, for reading queues from etcd."""
     """Hooks running on the side, by machine (that machine's other hooks wait)."""
 
     # -- set-up ------------------------------------------------------------------------------
@@ -171,7 +165,7 @@ class Cluster:
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         runner = self.root / "juju-exec"
-        runner.write_text(f'#!/bin/sh\nexec {sys.executable} {HERE / "juju_exec.py"} "$@"\n')
+        runner.write_text(f'#!/bin/sh\nexec {sys.executable} -m rollingops_sim.juju_exec "$@"\n')
         runner.chmod(0o755)
         socket_path = self.root / "sim.sock"
         os.environ.update(
@@ -187,7 +181,8 @@ class Cluster:
         self._answer = (
             connect(self.etcd, app=SUB_APP, model=self.model) if self.etcd is not None else None
         )
-        self._principal_class = _principal_class()
+        self._principal_class = self.principal.charm_class()
+        self._endpoint = self.principal.endpoint()
 
     @property
     def record_file(self) -> Path:
@@ -236,7 +231,7 @@ class Cluster:
         )
 
     def _principal_context(self, machine: int) -> testing.Context[Any]:
-        return principal_context(self._principal_class, self.root, machine)
+        return principal_context(self.principal, self._principal_class, self.root, machine)
 
     def _sub_state(self, machine: int) -> testing.State:
         relations: set[testing.RelationBase] = {
@@ -265,7 +260,7 @@ class Cluster:
 
     def _principal_state(self, machine: int) -> testing.State:
         relation = testing.Relation(
-            "rollingops",
+            self._endpoint,
             id=CONTAINER_BASE + machine,
             remote_app_name=SUB_APP,
             remote_units_data={machine: {}},
@@ -333,6 +328,12 @@ class Cluster:
         )
         return str((unit.ctx.action_results or {})["op"])
 
+    def trigger(self, machine: int, hook: str = "config-changed") -> None:
+        """Run a plain hook on the principal of ``machine`` (a charm that requests in it)."""
+        unit = f"{PRINCIPAL_APP}/{machine}"
+        event = hook.replace("-", "_")
+        self._execute(Hook(unit, hook, lambda u: getattr(u.ctx.on, event)()))
+
     def configure(self, unit: str, config: dict[str, Any]) -> None:
         """Set ``unit``'s charm config (what ``juju config`` would, without the hook)."""
         sim = self.units[unit]
@@ -362,6 +363,20 @@ class Cluster:
         with EtcdClient(settings_for(self.etcd)) as client:
             return OperationStore(client, self.etcd.prefix, f"{SUB_APP}/{machine}").load().queue
 
+    def queue_of(self, machine: int) -> UnitQueue:
+        """A subordinate's queue where it lives: etcd while etcd grants, else its record."""
+        unit = self.units[f"{SUB_APP}/{machine}"]
+        if self.etcd is not None and self.backend() == "etcd":
+            if self._client is None:
+                settings = settings_for(self.etcd, total_timeout=1.0)
+                self._client = EtcdClient(settings)
+            store = OperationStore(self._client, self.etcd.prefix, unit.name)
+            try:
+                return store.load().queue
+            except EtcdError:
+                pass
+        return _record(unit).queue
+
     # -- running -----------------------------------------------------------------------------
 
     def run_until(self, done: Callable[[], bool], timeout: float) -> None:
@@ -387,18 +402,14 @@ class Cluster:
         assert sim.app == PRINCIPAL_APP, "only principal hooks run on the side"
         assert sim.machine not in self._side, "one hook at a time per machine"
         side = _SideHook(Hook(unit, name, lambda u: getattr(u.ctx.on, name)()), sim.state)
-        job = pickle.dumps((str(self.root), sim.machine, name, sim.state))
+        job = pickle.dumps((self.principal, str(self.root), sim.machine, name, sim.state))
 
         def run() -> None:
             done = subprocess.run(
-                [sys.executable, str(HERE / "side_hook.py")],
+                [sys.executable, "-m", "rollingops_sim.side_hook"],
                 input=job,
                 capture_output=True,
                 check=False,
-                env={
-                    **os.environ,
-                    "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), *sys.path]),
-                },
             )
             if done.returncode:
                 side.error = RuntimeError(f"{unit} {name} failed: {done.stderr.decode()[-2000:]}")
@@ -527,6 +538,8 @@ class Cluster:
 
     def close(self) -> None:
         """Stop every subordinate (and so its worker) and the hook server."""
+        if self._client is not None:
+            self._client.close()
         for unit in self._subs():
             self._queue(unit.name, "stop", lambda u: u.ctx.on.stop())
         try:
