@@ -4,7 +4,7 @@ It holds the operation queue (mirrored from etcd after every transition the char
 already seen from the principal (so a request is never run twice), rejections to report, the
 last etcd failure, run-exclusive outcomes and forced releases.
 
-Why not the peer databag (DESIGN §4): every write there fires ``relation-changed`` on every
+Why not the peer databag (design §4): every write there fires ``relation-changed`` on every
 other unit, a few times per operation, so O(N) hooks on other machines per operation. While
 etcd is the backend, etcd holds the authoritative queue; this unit-local copy (ops' state
 database on the unit's machine) is what the unit publishes to the peer databag when the

@@ -1,7 +1,7 @@
 """The peer backend's scheduler: pure functions the leader applies to the peer databags.
 
 Inputs are every unit's queue (each unit publishes its own) and the grants the leader published
-before; the output is the new set of grants. Rules (DESIGN §7):
+before; the output is the new set of grants. Rules (design §7):
 
 - an operation that is *running* on a unit (claimed, not finished) holds a slot, whoever
   granted it: etcd before a fallback, a previous leader, this leader. It keeps (or gets) its
