@@ -5,9 +5,11 @@ Every grant is written to ``$ROLLINGOPS_DEMO_RECORD`` (default
 ``/var/lib/rollingops-demo/record.jsonl``) as JSON lines: ``start`` and ``end`` with the unit,
 op, callback, attempt and fencing token. ``kwargs`` steer it: ``seconds`` (how long a restart
 takes), ``results`` (result per attempt, default ``release``; ``null`` never answers),
-``fail-times`` (for ``flaky``:
-raise on the first attempts, which the library reports as ``retry-release``). A grant taken
-away while it ran (lock lost, or the operator's force-release) is recorded as ``lost``.
+``fail-times`` (for ``flaky``: raise on the first attempts, which the library reports as
+``retry-release``). A grant taken away while it ran (lock lost, or the operator's
+force-release) is recorded as ``lost``. Its ``stop`` hook leaves "the cluster" under the sync
+lock for ``leave-seconds`` (config), recorded as ``leave-start``/``leave-end`` with the token,
+or ``leave-failed`` with the reason when the subordinate cannot grant synchronously.
 
 The ``record`` action returns this unit's lines, so that tests on a real controller can read
 them without a shell on the machine. The unit is active once related to the subordinate; its
