@@ -21,7 +21,7 @@ def worker_events(cluster: Cluster, unit: str, name: str) -> list[dict[str, Any]
 
 def test_a_stop_hook_holds_the_sync_lock_ahead_of_waiting_restarts_and_overlaps_none(simulate):
     cluster = simulate(5)
-    request_in_order(cluster, range(1, 5), seconds=1.0)
+    request_in_order(cluster, range(1, 5), seconds=2.0)
     cluster.run_until(lambda: len(events(cluster, "start")) >= 1, timeout=30)
     cluster.configure("principal/0", {"leave-seconds": 1.0})
     cluster.start_on_the_side("principal/0", "stop")
