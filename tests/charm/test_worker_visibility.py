@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from charm_helpers import UNIT, peer, unit_dir
 from ops import testing
+from testbed.workers import worker_logging
 
-from rollingops.etcd_client import EtcdSettings
-from rollingops.worker import configure_logging, record
-from rollingops.worker_config import WorkerConfig
+from rollingops.worker import record
 
 
 @pytest.fixture
 def worker_log(supervisor, tmp_path: Path) -> Iterator[None]:
     """The worker's own logging, writing where the charm reads (the unit's directory)."""
-    state_dir = unit_dir(tmp_path)
-    config = WorkerConfig(
-        unit=UNIT,
-        charm_dir=tmp_path,
-        etcd=EtcdSettings(
-            endpoints=["127.0.0.1:2379"],
-            ca_file=state_dir / "etcd-ca.pem",
-            cert_file=state_dir / "client.pem",
-            key_file=state_dir / "client.key",
-            prefix="/p/",
-        ),
-        state_dir=state_dir,
-    )
-    configure_logging(config)
-    yield
-    root = logging.getLogger("rollingops")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    with worker_logging(UNIT, unit_dir(tmp_path)):
+        yield
 
 
 def relayed(ctx: testing.Context) -> list[str]:

@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testbed.workers import worker_logging
 
-from rollingops.etcd_client import EtcdSettings
-from rollingops.worker import configure_logging, record
-from rollingops.worker_config import WorkerConfig
+from rollingops.worker import record
 from rollingops.worker_log import last, read_since
 
 
 @pytest.fixture
 def log(tmp_path: Path) -> Iterator[Path]:
     """The unit's worker log, written through the worker's own logging set-up."""
-    config = WorkerConfig(
-        unit="app/0",
-        charm_dir=tmp_path,
-        etcd=EtcdSettings(
-            endpoints=["127.0.0.1:2379"],
-            ca_file=tmp_path / "ca.pem",
-            cert_file=tmp_path / "cert.pem",
-            key_file=tmp_path / "key.pem",
-            prefix="/p/",
-        ),
-        state_dir=tmp_path / "state",
-    )
-    configure_logging(config)
-    yield config.log_file
-    root = logging.getLogger("rollingops")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    with worker_logging("app/0", tmp_path / "state") as path:
+        yield path
 
 
 def test_each_event_has_an_iso_time_and_a_sentence_and_the_json_stays(log):

@@ -6,10 +6,13 @@ Used by the worker tests and by the README's demo, so both drive the real worker
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 from rollingops.etcd_client import EtcdClient, EtcdSettings
 from rollingops.models import Operation, UnitQueue, utcnow
 from rollingops.store import OperationStore
+from rollingops.worker import configure_logging
 from rollingops.worker_config import WorkerConfig
 from testbed.etcd import EtcdCluster
 
@@ -135,6 +139,35 @@ class WorkerFarm:
                 process.send_signal(signal.SIGCONT)
                 process.kill()
             process.wait(timeout=10)
+
+
+@contextmanager
+def worker_logging(unit: str, state_dir: Path) -> Iterator[Path]:
+    """The worker's own logging set-up, writing ``state_dir``'s log; yields the log's path.
+
+    For tests of what reads the log (the charm's relay, ``worker_log``): the lines are the
+    worker's, through its own formatter. The handler is removed on exit.
+    """
+    config = WorkerConfig(
+        unit=unit,
+        charm_dir=state_dir,
+        etcd=EtcdSettings(
+            endpoints=["127.0.0.1:2379"],
+            ca_file=state_dir / "etcd-ca.pem",
+            cert_file=state_dir / "client.pem",
+            key_file=state_dir / "client.key",
+            prefix="/p/",
+        ),
+        state_dir=state_dir,
+    )
+    configure_logging(config)
+    try:
+        yield config.log_file
+    finally:
+        root = logging.getLogger("rollingops")
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def operation(op_id: str, callback: str = "restart", **kwargs: Any) -> Operation:
