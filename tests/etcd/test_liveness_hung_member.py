@@ -165,7 +165,7 @@ def test_a_waiter_on_a_frozen_member_gets_the_lock_when_the_holder_releases(
         thread.start()
         # The waiter reads the queue again once etcd has acknowledged its watch: from then on
         # it is a waiter like one that has waited for an hour.
-        wait_until(lambda: waiter_client.requests["range"] >= 1, what="waiter watching")
+        wait_until(lambda: waiter_client.requests["txn"] >= 2, what="waiter watching")
         with frozen(member) as since:
             holder.release()
             thread.join(timeout=NOTICED_WITHIN)

@@ -78,8 +78,9 @@ class HungWatchBed:
 
     def start_waiter(self, timeout: float) -> Waiter:
         waiter = Waiter(self.waiter, timeout)
-        # The waiter has read the queue again after etcd acknowledged its first watch.
-        wait_until(lambda: self.waiter_client.requests["range"] >= 1, what="waiter watching")
+        # The waiter has read the queue again after etcd acknowledged its first watch: its
+        # entry and that read (which rewrites its key, see semaphore) are one transaction each.
+        wait_until(lambda: self.waiter_client.requests["txn"] >= 2, what="waiter watching")
         assert self.waiter_client.endpoint == self.watched.endpoint
         return waiter
 
@@ -140,7 +141,10 @@ def test_a_waiter_whose_watch_is_never_acknowledged_keeps_its_place_and_gets_the
     waiter.thread.join(timeout=30)
     assert not waiter.thread.is_alive(), "the waiter did not get the lock after the release"
     assert waiter.errors == []
-    assert waiter.tokens == [place]
+    kv, _ = bed.observer.get(bed.waiter.key)
+    assert kv is not None
+    assert kv.create_revision == place, "the same key, never given up"
+    assert waiter.tokens == [kv.mod_revision], "the token is the revision it learnt it holds at"
     assert bed.waiter.still_held()
 
 
