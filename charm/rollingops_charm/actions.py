@@ -73,11 +73,18 @@ def _record(context: ActionContext, event: ops.ActionEvent) -> UnitRecord | None
     return record
 
 
+MAX_REASON = 1024
+"""Longest reason kept: it travels in etcd keys, databags and every worker's log."""
+
+
 def _reason(event: ops.ActionEvent) -> str | None:
-    """The action's ``reason``; fails the action when it is blank."""
+    """The action's ``reason``; fails the action when it is blank or too long."""
     reason = str(event.params["reason"]).strip()
     if not reason:
         event.fail("a reason is required")
+        return None
+    if len(reason) > MAX_REASON:
+        event.fail(f"a reason is at most {MAX_REASON} characters (got {len(reason)})")
         return None
     return reason
 

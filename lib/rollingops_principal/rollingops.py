@@ -186,11 +186,13 @@ class RollingOps(ops.Object):
         super().__init__(charm, f"rollingops-{relation_name}")
         self._relation_name = relation_name
         self._callbacks = dict(callbacks or {})
-        self._known = frozenset(self._callbacks) | frozenset(events)
+        names = (events,) if isinstance(events, str) else tuple(events)  # one name, not letters
+        self._known = frozenset(self._callbacks) | frozenset(names)
         self._stored.set_default(delivered=[], requested={}, answered=[], unsent=[])
         on = charm.on[relation_name]
         for event in (on.relation_created, on.relation_joined, on.relation_changed):
             self.framework.observe(event, self._on_changed)
+        self.framework.observe(on.relation_broken, self._on_broken)
 
     # -- what a charm calls ------------------------------------------------------------------
 
@@ -312,9 +314,11 @@ class RollingOps(ops.Object):
     def state(self) -> SubordinateState | None:
         """What the subordinate does for this unit, corrected with what this unit knows.
 
-        ``None`` until the subordinate has written its bag. The subordinate rewrites it only
-        when this unit has something to act on (that keeps an operation at 5 hooks), so its
-        ``status`` can be stale; here it is, after every hook:
+        ``None`` until the subordinate has written its bag, except that requests kept before
+        the relation existed show as ``waiting`` ("not related to rollingops yet"). Never
+        raises: a bag that cannot be read shows as ``unavailable`` with the reason. The
+        subordinate rewrites its bag only when this unit has something to act on (that keeps
+        an operation at 5 hooks), so its ``status`` can be stale; here it is, after every hook:
 
         - ``unavailable`` when the subordinate says so (no usable backend);
         - ``granted`` while the grant in its bag (id, attempt) has not been answered by this unit
@@ -326,7 +330,14 @@ class RollingOps(ops.Object):
         (``None`` otherwise): it is as of the subordinate's last write. The other fields are the
         subordinate's, as written.
         """
-        view = self._view()
+        try:
+            view = self._view()
+        except (ValueError, ValidationError) as error:
+            return SubordinateState(
+                backend=None,
+                status="unavailable",
+                message=f"the subordinate's data is unusable: {str(error)[:200]}",
+            )
         if view is None:
             return self._kept_state()
         reported = view.state
@@ -423,8 +434,16 @@ class RollingOps(ops.Object):
 
     @property
     def granted(self) -> Grant | None:
-        """The operation granted now (with its fencing token), for callbacks that need it."""
-        view = self._view()
+        """The operation granted now (with its fencing token), for callbacks that need it.
+
+        ``None`` too when the subordinate's bag cannot be read (logged): nothing is granted
+        that this unit can trust.
+        """
+        try:
+            view = self._view()
+        except (ValueError, ValidationError) as error:
+            logger.warning("rollingops subordinate data unusable: %s", error)
+            return None
         return None if view is None else view.granted
 
     def _answered(self) -> list[list[Any]]:
@@ -446,6 +465,26 @@ class RollingOps(ops.Object):
             callback in (None, name) and op_id not in over for op_id, name in requested.items()
         )
 
+    def _on_broken(self, _: ops.RelationBrokenEvent) -> None:
+        """The relation is gone, and with it every request it carried: forget them.
+
+        A new relation starts from an empty bag, so they will never be granted or reported
+        over; remembering them would keep ``is_waiting`` true for good. Requests kept because no
+        relation existed yet stay kept. The charm requests again what must still run.
+        """
+        kept = {str(request.get("id")) for request in self._unsent()}
+        requested: dict[str, str] = dict(self._stored.requested)  # type: ignore[reportUnknownArgumentType]
+        dropped = sorted(op_id for op_id in requested if op_id not in kept)
+        if dropped:
+            logger.warning(
+                "rollingops relation removed: %d request(s) dropped with it (%s); "
+                "request again what must still run",
+                len(dropped),
+                ", ".join(dropped),
+            )
+        self._stored.requested = {i: c for i, c in requested.items() if i in kept}
+        self._stored.answered = []
+
     def _on_changed(self, event: ops.RelationEvent) -> None:
         self._send_unsent(event.relation)
         try:
@@ -464,7 +503,11 @@ class RollingOps(ops.Object):
 
         We never write only to prune: every write wakes the subordinate with a hook.
         """
-        view = self._view()
+        try:
+            view = self._view()
+        except (ValueError, ValidationError) as error:  # nothing to prune by: keep them all
+            logger.warning("rollingops subordinate data unusable: %s", error)
+            return requests
         if view is None:
             return requests
         taken = set(view.accepted) | {r.id for r in view.rejected} | {f.id for f in view.finished}

@@ -93,6 +93,10 @@ def read_since(path: Path, offset: int) -> LogTail:
     except OSError:
         return LogTail([], 0)
     complete = raw[: raw.rfind(b"\n") + 1]
+    if not complete and len(raw) == MAX_READ:
+        # One line longer than the window: skip it (its rest is no JSON line either), so the
+        # relay goes on with the next events instead of reading the same window forever.
+        return LogTail([], start + len(raw))
     return LogTail(_sentences(complete), start + len(complete))
 
 

@@ -121,6 +121,7 @@ def test_force_release_revokes_the_holder_and_records_why(ctx, supervisor, wired
         ("force-release", {"unit": "nobody/0", "reason": "x"}, "nobody/0 holds no lock"),
         ("force-release", {"unit": "a/0", "reason": "  "}, "a reason is required"),
         ("pause", {"reason": " "}, "a reason is required"),
+        ("pause", {"reason": "€" * 1025}, "a reason is at most 1024 characters (got 1025)"),
         ("run-exclusive", {"command": ""}, "command: the command must be a non-empty list"),
         ("run-exclusive", {"command": "echo 'unbalanced"}, "command: No closing quotation"),
     ],

@@ -66,3 +66,14 @@ def test_last_shows_the_most_recent_sentences(log):
         record("released", token=token)
     assert [line.rsplit(" ", 1)[1] for line in last(log, 3)] == ["27)", "28)", "29)"]
     assert last(log.parent / "absent.log", 3) == []
+
+
+def test_a_line_longer_than_one_read_does_not_stop_the_relay(log):
+    record("paused", reason="€" * 45_000, by="rollingops/0")  # an operator's long reason
+    record("granted", op="op-1", callback="restart", attempt=1, token=7)
+    offset, relayed = 0, []
+    for _ in range(5):  # five hooks, each relaying what is new
+        tail = read_since(log, offset)
+        relayed += tail.lines
+        offset = tail.offset
+    assert any("granted op-1" in line for line in relayed)
