@@ -105,3 +105,99 @@ def test_a_directory_without_a_principal_charm_is_a_clear_error(tmp_path):
     )
     assert done.returncode != 0
     assert "src/charm.py does not exist" in done.stderr
+
+
+CRAFTED_CHARM = """
+import ops
+from helpers import restart_reason
+from rollingops_principal import RollingOps
+
+
+class Crafted(ops.CharmBase):
+    def __init__(self, framework):
+        super().__init__(framework)
+        self.rolling = RollingOps(self, callbacks={"restart": lambda reason: None})
+        framework.observe(self.on.config_changed, self._on_config_changed)
+        framework.observe(self.on.data_storage_attached, self._on_storage)
+
+    def _on_storage(self, event):
+        pass
+
+    def _on_config_changed(self, event):
+        self.rolling.request("restart", {"reason": restart_reason(self.config)})
+"""
+
+CHARMCRAFT = """
+name: crafted
+type: charm
+summary: a charm described by charmcraft.yaml alone
+description: with storage, a container-scoped endpoint and a module of its own
+base: ubuntu@24.04
+platforms:
+  amd64:
+parts:
+  charm:
+    plugin: uv
+provides:
+  rollingops:
+    interface: rollingops
+    scope: container
+storage:
+  data:
+    type: filesystem
+    location: /data
+config:
+  options:
+    mode:
+      type: string
+      default: fast
+"""
+
+
+def test_a_charm_described_by_charmcraft_yaml_with_its_own_modules_and_container_scope(
+    tmp_path,
+):
+    charm = tmp_path / "crafted"
+    (charm / "src").mkdir(parents=True)
+    (charm / "src" / "charm.py").write_text(textwrap.dedent(CRAFTED_CHARM))
+    (charm / "src" / "helpers.py").write_text(
+        "def restart_reason(config):\n    return f\"mode {config['mode']}\"\n"
+    )
+    (charm / "charmcraft.yaml").write_text(CHARMCRAFT)
+    out = simulate("--charm", str(charm), "--trigger", "config-changed", "--units", "2")
+    assert re.search(r"\n(\d+) operations in", out), out
+    assert "backend now etcd" in out
+
+
+def test_a_charm_that_never_requests_is_told_so_instead_of_waiting_out_the_timeout(tmp_path):
+    charm = tmp_path / "lazy"
+    (charm / "src").mkdir(parents=True)
+    (charm / "src" / "charm.py").write_text(
+        "import ops\nfrom rollingops_principal import RollingOps\n\n\n"
+        "class Lazy(ops.CharmBase):\n"
+        "    def __init__(self, framework):\n"
+        "        super().__init__(framework)\n"
+        "        self.rolling = RollingOps(self)\n"
+    )
+    (charm / "metadata.yaml").write_text(METADATA.replace("lock:", "rollingops:"))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rollingops_sim.cli",
+            "--charm",
+            str(charm),
+            "--units",
+            "1",
+            "--trigger",
+            "config-changed",
+            "--timeout",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "no principal requested anything within 15 s of --trigger config-changed" in done.stdout

@@ -36,6 +36,8 @@ from rollingops.models import CompletedOperation, UnitQueue
 from rollingops_sim.cluster import PRINCIPAL_APP, SUB_APP, Cluster
 from rollingops_sim.principal_charm import DEMO, PrincipalCharm, PrincipalCharmError
 
+NOTHING_ASKED_WITHIN = 15.0
+"""Seconds after the trigger with no request anywhere before the run says so and stops."""
 DESCRIPTION = "Roll N units of a principal charm through the real rollingops subordinate."
 
 
@@ -80,12 +82,14 @@ class Progress:
                 granted = self._granted(
                     op.callback, running.token, running.granted_at, op.requested_at
                 )
-                self._add(new, (unit, op.id, "granted"), running.granted_at, granted)
+                key = (unit, op.id, f"granted {running.token}")
+                self._add(new, key, running.granted_at, granted)
             for entry in queue.history:
                 granted = self._granted(
                     entry.callback, entry.token, entry.granted_at, entry.requested_at
                 )
-                self._add(new, (unit, entry.id, "granted"), entry.granted_at, granted)
+                key = (unit, entry.id, f"granted {entry.token}")
+                self._add(new, key, entry.granted_at, granted)
                 held = (entry.finished_at - entry.granted_at).total_seconds()
                 ended = f"{entry.outcome.value:<10} held {held:.2f} s"
                 self._add(new, (unit, entry.id, "ended"), entry.finished_at, ended)
@@ -150,12 +154,17 @@ def run(cluster: Cluster, args: argparse.Namespace, etcd: EtcdCluster | None) ->
     )
     before = cluster.hook_counts()
     request_everywhere(cluster, args)
-    killed = False
+    asked = time.monotonic()
+    killed = silent = False
 
     def step() -> bool:
-        nonlocal killed
+        nonlocal killed, silent
         time.sleep(0.05)  # read the queues at most 20 times a second: hooks run meanwhile
         now = queues(cluster)
+        nothing = all(q.current is None and not q.pending and not q.history for q in now.values())
+        if nothing and time.monotonic() - asked > NOTHING_ASKED_WITHIN:
+            silent = True
+            return True
         for ts, line in progress.lines(now):
             print(f"  {_clock(ts, progress.begun)}  {line}", flush=True)
         history = [e for q in now.values() for e in q.history]
@@ -171,6 +180,13 @@ def run(cluster: Cluster, args: argparse.Namespace, etcd: EtcdCluster | None) ->
         cluster.run_until(step, timeout=args.timeout)
     except TimeoutError:
         print(f"not finished within {args.timeout:.0f} s")
+        return 1
+    if silent:
+        print(
+            f"no principal requested anything within {NOTHING_ASKED_WITHIN:.0f} s of "
+            f"--trigger {args.trigger}: does the charm call rolling.request() there? "
+            f"(subordinate status: {cluster.status(f'{SUB_APP}/0')!r})"
+        )
         return 1
     summary(cluster, queues(cluster), progress.begun, before)
     return 0

@@ -259,11 +259,20 @@ class Cluster:
         )
 
     def _principal_state(self, machine: int) -> testing.State:
-        relation = testing.Relation(
-            self._endpoint,
-            id=CONTAINER_BASE + machine,
-            remote_app_name=SUB_APP,
-            remote_units_data={machine: {}},
+        relation: testing.RelationBase = (
+            testing.SubordinateRelation(
+                self._endpoint,
+                id=CONTAINER_BASE + machine,
+                remote_app_name=SUB_APP,
+                remote_unit_id=machine,
+            )
+            if self.principal.container_scoped()
+            else testing.Relation(
+                self._endpoint,
+                id=CONTAINER_BASE + machine,
+                remote_app_name=SUB_APP,
+                remote_units_data={machine: {}},
+            )
         )
         return testing.State(relations={relation}, leader=machine == 0, model=self.model)
 
@@ -621,7 +630,7 @@ class Cluster:
         partner_app = PRINCIPAL_APP if unit.app == SUB_APP else SUB_APP
         partner = self.units[f"{partner_app}/{unit.machine}"]
         relation = partner.state.get_relation(relation_id)
-        if partner.app == SUB_APP:
+        if isinstance(relation, testing.SubordinateRelation):
             updated = dataclasses.replace(relation, remote_unit_data=data)
         else:
             updated = dataclasses.replace(relation, remote_units_data={unit.machine: data})

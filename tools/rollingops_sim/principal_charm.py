@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,20 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 DEMO = REPOSITORY / "demo" / "principal"
 """The demo principal: requests restarts through its ``restart`` action, records each grant."""
 INTERFACE = "rollingops"
+_BUILD_KEYS = frozenset(
+    {
+        "type",
+        "bases",
+        "base",
+        "build-base",
+        "platforms",
+        "parts",
+        "actions",
+        "config",
+        "charm-libs",
+    }
+)
+"""Keys of ``charmcraft.yaml`` that are not charm metadata."""
 
 
 class PrincipalCharmError(ValueError):
@@ -44,10 +59,18 @@ class PrincipalCharm:
     class_name: str | None = None
 
     def charm_class(self) -> type[ops.CharmBase]:
-        """Import ``src/charm.py`` and return the charm class."""
+        """Import ``src/charm.py`` and return the charm class.
+
+        The charm's ``src/`` and ``lib/`` go on the import path first, as the ``PYTHONPATH``
+        of charmcraft's ``dispatch`` puts them: a charm imports its own modules and charm libs
+        by their plain names.
+        """
         source = self.directory / "src" / "charm.py"
         if not source.is_file():
             raise PrincipalCharmError(f"{source} does not exist")
+        for folder in (self.directory / "lib", self.directory / "src"):
+            if folder.is_dir() and str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
         name = f"principal_charm_{abs(hash(str(source)))}"
         spec = importlib.util.spec_from_file_location(name, source)
         if spec is None or spec.loader is None:
@@ -77,8 +100,7 @@ class PrincipalCharm:
         meta = _yaml(self.directory / "metadata.yaml")
         if meta:
             return meta
-        keys = ("name", "summary", "description", "provides", "requires", "peers", "subordinate")
-        return {k: v for k, v in self._charmcraft().items() if k in keys}
+        return {k: v for k, v in self._charmcraft().items() if k not in _BUILD_KEYS}
 
     def actions(self) -> dict[str, Any] | None:
         """``actions.yaml``, or the ``actions`` of ``charmcraft.yaml``."""
@@ -90,9 +112,19 @@ class PrincipalCharm:
 
     def endpoint(self) -> str:
         """The endpoint on the ``rollingops`` interface."""
+        return self._endpoint_spec()[0]
+
+    def container_scoped(self) -> bool:
+        """Whether that endpoint declares ``scope: container``.
+
+        ops.testing then wants a ``SubordinateRelation`` for it.
+        """
+        return self._endpoint_spec()[1].get("scope") == "container"
+
+    def _endpoint_spec(self) -> tuple[str, dict[str, Any]]:
         meta = self.meta()
         for role in ("provides", "requires"):
             for name, spec in (meta.get(role) or {}).items():
                 if isinstance(spec, dict) and spec.get("interface") == INTERFACE:
-                    return str(name)
+                    return str(name), spec  # type: ignore[return-value]
         raise PrincipalCharmError(f"{self.directory}: no endpoint on the {INTERFACE!r} interface")
