@@ -35,6 +35,8 @@ from testbed.workers import WorkerFarm, operation, settings_for
 
 from rollingops.etcd_client import EtcdClient, EtcdError
 
+REQUEST_BOUND = 1.0
+"""Seconds one request of the run may take; one that cannot be made by then is not made."""
 FAULTS = ("worker-kill", "worker-pause", "member-kill", "leader-kill", "member-hang")
 
 
@@ -237,7 +239,9 @@ class ChaosRun:
         )
         op_id = f"op{number}"
         try:
-            with EtcdClient(settings_for(self.cluster, total_timeout=5.0)) as client:
+            # A short bound: a hung or dead member must not hold up the run's loop, or faults
+            # (injected between requests) come too rarely to mean anything.
+            with EtcdClient(settings_for(self.cluster, total_timeout=REQUEST_BOUND)) as client:
                 # A unique kwarg: identical waiting requests are merged by design.
                 self.farm.enqueue(client, unit, operation(op_id, n=number, hold=round(hold, 3)))
         except EtcdError:
