@@ -104,7 +104,8 @@ def test_sync_hold_goes_ahead_of_waiting_async_ops_and_never_displaces_the_holde
     farm.enqueue(client, "app/0", operation("first", hold=1.5))
     wait_until(lambda: started(farm, "first"), what="the first holder")
     farm.enqueue(client, "app/1", operation("second", hold=0.1))
-    farm.enqueue(client, "app/2", operation("third", hold=0.1))
+    wait_until(lambda: len(contenders(client, farm)) == 2, what="the first async waiter")
+    farm.enqueue(client, "app/2", operation("third", hold=0.1))  # queued after app/1's
     wait_until(lambda: len(contenders(client, farm)) == 3, what="two async waiters")
     with hold(sockets["app/3"], 30, "scale-down", "hook") as grant:
         granted_at = time.time()
