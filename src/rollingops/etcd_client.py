@@ -295,13 +295,15 @@ class EtcdClient:
     """Bounded calls to one etcd cluster, confined to one key prefix.
 
     ``requests`` counts every round trip sent (retries included) by method, which is what the
-    benchmarks report as etcd requests.
+    benchmarks report as etcd requests; ``events_received`` counts the watch events its streams
+    delivered, which is what a release costs the waiters that did not need to wake.
     """
 
     def __init__(self, settings: EtcdSettings) -> None:
         self.settings = settings
         self.prefix = settings.prefix
         self.requests: collections.Counter[str] = collections.Counter()
+        self.events_received = 0
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read_file(settings.ca_file),
             private_key=_read_file(settings.key_file),
@@ -511,7 +513,13 @@ class EtcdClient:
         with self._lock:
             endpoint = self._endpoints[self._current]
         self.requests["watch"] += len(requests)
-        return WatchStream(endpoint.watch, requests, lambda: self._fail_over(endpoint))
+        return WatchStream(
+            endpoint.watch, requests, lambda: self._fail_over(endpoint), self._count_events
+        )
+
+    def _count_events(self, count: int) -> None:
+        with self._lock:
+            self.events_received += count
 
 
 def attempt_timeout(call_timeout: float, remaining: float, untried: int) -> float:
@@ -555,7 +563,14 @@ class WatchStream:
     ``WatchBrokenError`` once the stream has ended for any reason other than ``close``.
     """
 
-    def __init__(self, stub: Any, requests: list[Any], on_broken: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        stub: Any,
+        requests: list[Any],
+        on_broken: Callable[[], None],
+        on_events: Callable[[int], None],
+    ) -> None:
+        self._on_events = on_events
         self._outbox: queue.Queue[Any] = queue.Queue()
         for request in requests:
             self._outbox.put(request)
@@ -585,6 +600,7 @@ class WatchStream:
                     if self._uncreated <= 0:
                         self._created.set()
                 if response.events:
+                    self._on_events(len(response.events))
                     self._inbox.put([_event(event) for event in response.events])
             raise WatchBrokenError("watch stream ended")
         except grpc.RpcError as error:

@@ -1,10 +1,11 @@
 """A fair, fenced semaphore of size k on etcd (k = 1 is a mutex), with a priority lane.
 
 Recipe: each contender puts ``<waiters>/<lease-id>`` bound to its lease. Contenders are kept in
-one order (``rank``, below); the first k hold. A waiter at position i >= k watches the k keys
-just ahead of it (only deletions) and re-reads when one goes: a deletion further ahead cannot
-make it a holder, since the k keys ahead of it stay the same, and a key put ahead of it only
-pushes it back. No polling, no thundering herd for k = 1.
+one order (``rank``, below); the first k hold. A waiter at position i >= k watches the deletion
+of the k keys just ahead of it, those keys exactly, and re-reads when one goes: a deletion
+further ahead cannot make it a holder, since the k keys ahead of it stay the same, and a key put
+ahead of it only pushes it back. No polling, and a release wakes one waiter for k = 1: etcd
+delivers it one event, not one to every waiter of the domain.
 
 The order. An ordinary (asynchronous) contender ranks by its key's create revision, so it joins
 at the back: FIFO. A *priority* contender (a synchronous hold, ``sync_server``) must go ahead of
@@ -225,14 +226,20 @@ class FairSemaphore:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         stream: WatchStream | None = None
+        watched: frozenset[str] = frozenset()
         backoff = _REWATCH_BACKOFF[0]
         try:
             view = self._enter_with_priority() if self._priority else self._enter()
             while (token := self._holding_token(view.entries)) is None:
-                if stream is None:
-                    # Only a waiter watches; the watch exists before the read that it follows.
+                ahead = self._keys_ahead(view.entries)
+                if stream is None or ahead != watched:
+                    # Only a waiter watches, only the keys that can make it a holder, and the
+                    # watch exists before the read that it follows.
+                    if stream is not None:
+                        stream.close()
+                        stream = None
                     try:
-                        stream = self._watch_deletions(deadline)
+                        stream = self._watch_deletions(ahead, deadline)
                     except WatchBrokenError:
                         # Read again before the next watch: the slot may have come meanwhile,
                         # and a cluster that cannot answer ends the wait with the read's error.
@@ -240,11 +247,12 @@ class FairSemaphore:
                         backoff = min(backoff * 2, _REWATCH_BACKOFF[1])
                         view = self._look_again()
                         continue
+                    watched = ahead
                     backoff = _REWATCH_BACKOFF[0]
                     view = self._look_again()
                     continue
                 try:
-                    self._wait_for_deletion(stream, view, deadline, cancel)
+                    self._wait_for_deletion(stream, watched, view, deadline, cancel)
                 except WatchBrokenError:
                     stream.close()
                     stream = None
@@ -380,18 +388,29 @@ class FairSemaphore:
         self._lease.check()
         raise LeaseLostError(f"waiter key {self.key} vanished")
 
-    def _watch_deletions(self, deadline: float | None) -> WatchStream:
-        """A synced watch of every deletion in the domain, acknowledged before we read.
+    def _keys_ahead(self, entries: list[Entry]) -> frozenset[str]:
+        """The k keys just ahead of ours: only the deletion of one of them can make us hold.
 
-        The wait for the acknowledgement ends with the caller's deadline (a healthy member
-        acknowledges well within ``MIN_ATTEMPT_TIMEOUT``, so a short remainder does not make a
-        healthy member look hung), and at the latest after a whole call bound, like any call.
-        Raises ``WatchBrokenError`` if the watch broke or was not acknowledged in time.
+        A deletion further ahead leaves these k keys ahead of us, and a key put ahead of us
+        only pushes us back. So for k = 1 a release wakes only the next waiter.
+        """
+        position = self._position(entries)
+        return frozenset(entry.kv.key for entry in entries[position - self.capacity : position])
+
+    def _watch_deletions(self, keys: frozenset[str], deadline: float | None) -> WatchStream:
+        """A synced watch of the deletion of ``keys``, acknowledged before we read.
+
+        Exact keys, not the domain's prefix: a release then delivers one event to the one
+        waiter it concerns (k = 1), not one to every waiter. The wait for the acknowledgement
+        ends with the caller's deadline (a healthy member acknowledges well within
+        ``MIN_ATTEMPT_TIMEOUT``, so a short remainder does not make a healthy member look
+        hung), and at the latest after a whole call bound, like any call. Raises
+        ``WatchBrokenError`` if the watch broke or was not acknowledged in time.
         """
         limit = self._client.settings.total_timeout
         if deadline is not None:
             limit = min(limit, max(deadline - time.monotonic(), MIN_ATTEMPT_TIMEOUT))
-        stream = self._client.watch(prefix=self._prefix, deletes_only=True)
+        stream = self._client.watch(keys=sorted(keys), deletes_only=True)
         try:
             stream.wait_created(limit)
         except WatchBrokenError:
@@ -406,20 +425,15 @@ class FairSemaphore:
     def _wait_for_deletion(
         self,
         stream: WatchStream,
+        watched: frozenset[str],
         view: _View,
         deadline: float | None,
         cancel: threading.Event | None,
     ) -> None:
-        """Block until one of the k keys ahead of us is deleted after ``view`` was read.
-
-        Deletions further ahead are ignored: they cannot make us a holder, since the k keys
-        just ahead of us stay the same. So for k = 1 only the next waiter reads again.
-        """
-        position = self._position(view.entries)
-        ahead = {entry.kv.key for entry in view.entries[position - self.capacity : position]}
+        """Block until one of the ``watched`` keys is deleted after ``view`` was read."""
         while True:
             events = stream.next(timeout=self._next_wake(deadline, cancel)) or []
-            if any(e.key in ahead and e.mod_revision > view.revision for e in events):
+            if any(e.key in watched and e.mod_revision > view.revision for e in events):
                 return
 
     def _next_wake(self, deadline: float | None, cancel: threading.Event | None) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -11,10 +12,11 @@ from typing import Any
 import pytest
 from etcd_helpers import Contender, wait_until
 from testbed.etcd import EtcdCluster
+from testbed.workers import settings_for
 
 from rollingops.etcd_client import EtcdClient
 from rollingops.lease import Lease, LeaseLostError
-from rollingops.semaphore import FairSemaphore
+from rollingops.semaphore import AcquireCancelledError, FairSemaphore
 from rollingops.store import waiters_prefix
 
 
@@ -153,3 +155,41 @@ def test_waiter_that_loses_its_lease_stops_waiting(etcd, client):
     thread.join(timeout=30)
     assert [type(error) for error in failures] == [LeaseLostError]
     assert [c.owner for c in holder.contenders()] == ["holder"]
+
+
+@pytest.mark.parametrize("capacity", [1, 2])
+def test_a_release_is_delivered_only_to_the_waiters_it_can_make_holders(etcd, client, capacity):
+    """Each waiter watches the k keys ahead of it: a release wakes one waiter, not the queue."""
+    holders = [semaphore(client, etcd, f"holder{n}", capacity) for n in range(capacity)]
+    for holder in holders:
+        holder.acquire(timeout=5)
+    clients = [EtcdClient(settings_for(etcd)) for _ in range(5)]
+    waiters = [semaphore(c, etcd, f"waiter{n}", capacity) for n, c in enumerate(clients)]
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        for index, waiter in enumerate(waiters):
+            threads.append(threading.Thread(target=_acquire_until, args=(waiter, stop)))
+            threads[-1].start()
+            wait_until(
+                lambda n=capacity + index + 1: len(holders[0].contenders()) == n,
+                what=f"waiter {index} queued",
+            )
+        holders[0].release()
+        threads[0].join(timeout=10)
+        assert waiters[0].token is not None
+        time.sleep(0.5)  # any event for the others would have arrived by now
+        assert [c.events_received for c in clients] == [1, 0, 0, 0, 0]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        for waiter in waiters:
+            waiter.release()
+        for c in clients:
+            c.close()
+
+
+def _acquire_until(waiter: FairSemaphore, stop: threading.Event) -> None:
+    with contextlib.suppress(AcquireCancelledError):
+        waiter.acquire(timeout=30, cancel=stop)
