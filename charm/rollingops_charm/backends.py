@@ -32,7 +32,7 @@ from rollingops.control import DomainControl, Pause
 from rollingops.etcd_client import EtcdClient, EtcdSettings
 from rollingops.leadership import PeerState
 from rollingops.models import Operation, UnitQueue, utcnow
-from rollingops.peer_scheduler import Revocation
+from rollingops.peer_scheduler import Revocation, published_queue
 from rollingops.semaphore import Contender
 from rollingops.store import OperationStore, QueueSnapshot, QueueStore
 
@@ -103,6 +103,10 @@ class LockBackend(Protocol):
 
     def live_queue(self, record: UnitRecord) -> UnitQueue:
         """The unit's queue as the backend has it now (history included), not a mirror."""
+        ...
+
+    def published(self, record: UnitRecord) -> UnitQueue | None:
+        """What the unit publishes of its queue to the peer relation (``None``: nothing)."""
         ...
 
     def domain(self) -> DomainView:
@@ -245,6 +249,10 @@ class EtcdLock(LockBackend):
             return etcd.store().load().queue
 
     @override
+    def published(self, record: UnitRecord) -> UnitQueue | None:
+        return None  # under etcd a peer write would wake every other unit at each transition
+
+    @override
     def domain(self) -> DomainView:
         with self.session() as etcd:
             control = etcd.control()
@@ -364,6 +372,13 @@ class LocalLock(LockBackend):
         return record.queue
 
     @override
+    def published(self, record: UnitRecord) -> UnitQueue | None:
+        """The queue, less the claim of the leader's grant (``published_queue``)."""
+        state = self._state()
+        grant = state.schedule.grants.get(self._unit) if self.granting is Backend.PEER else None
+        return published_queue(record.queue, grant, state.queues.get(self._unit))
+
+    @override
     def domain(self) -> DomainView:
         """The leader's grants, and each unit's waiting head in the leader's grant order.
 
@@ -387,11 +402,18 @@ class LocalLock(LockBackend):
 
     @staticmethod
     def _holder(state: PeerState, unit: str, token: int) -> Holder:
+        """A grant's holder; ``since`` only if its unit published the claim.
+
+        A unit does not publish the claim of its grant (``published_queue``): its operation
+        shows at the head of its queue, and the grant's time is not known here.
+        """
         queue = state.queues.get(unit, UnitQueue())
         running = queue.current
         if running is None or running.token != token:
             grant = state.schedule.grants[unit]
-            return Holder(unit, token, grant.op_id)
+            head = queue.pending[0] if queue.pending else None
+            callback = head.callback if head is not None and head.id == grant.op_id else None
+            return Holder(unit, token, grant.op_id, callback)
         op = running.operation
         return Holder(unit, token, op.id, op.callback, running.granted_at)
 
@@ -460,6 +482,10 @@ class UnreadyLock(LockBackend):
     @override
     def live_queue(self, record: UnitRecord) -> UnitQueue:
         return record.queue
+
+    @override
+    def published(self, record: UnitRecord) -> UnitQueue | None:
+        return None
 
     @override
     def domain(self) -> DomainView:

@@ -455,7 +455,7 @@ class RollingOpsCharm(ops.CharmBase):
         except EtcdError as error:
             logger.warning("etcd unavailable in this hook: %s", error)
         if peer is not None:
-            published = record.queue if backend.queue_is_local else None
+            published = backend.published(record)
             peer_relation.write_queue(peer.relation, self.unit, published, state.epoch)
         settings = self.etcd_settings()
         if backend.queue_is_local and probe and settings and self._etcd_reachable(settings):

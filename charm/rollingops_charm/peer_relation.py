@@ -9,8 +9,10 @@ Peer application bag (the leader writes):
 
 Peer unit bag (each unit writes its own):
 - ``queue``: the unit's ``UnitQueue``, published while the backend is not etcd (under etcd,
-  writing it would wake every other unit at each transition), with ``queue-epoch``: the
-  backend epoch it was published for (see ``rollingops.leadership`` for why it matters);
+  writing it would wake every other unit at each transition), as it was before the unit
+  claimed its peer grant (``peer_scheduler.published_queue``: a claim decides nothing for the
+  leader, and every write is a hook on every other unit), with ``queue-epoch``: the backend
+  epoch it was published for (see ``rollingops.leadership`` for why it matters);
 - ``etcd-failed``: when this unit's worker gave up on etcd (cleared once etcd answers again).
 
 Whatever is unreadable is left out and logged: a hostile or corrupt value never fails a hook.

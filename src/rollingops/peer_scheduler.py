@@ -10,13 +10,16 @@ before; the output is the new set of grants. Rules (design §7):
   oldest first (a retry-hold never leaves its slot: it stays running);
 - a departed unit's grant is released; a grant is released once its unit has finished the
   operation (it is no longer running, nor waiting at the head of its queue);
-- fencing tokens come from one counter kept with the grants; a re-granted running operation
-  keeps its token;
+- fencing tokens come from one counter kept with the grants (never below a token a grant or a
+  queue shows); a re-granted running operation keeps its token;
 - a pause grants nothing new (running operations keep their grants); a revoked operation (the
   operator's ``force-release``) holds no slot, and its unit ends it as ``revoked``.
 
 Nothing here compares clocks of different units to expire anything: a grant ends only when its
 unit reports the operation finished or leaves. ``requested_at`` only orders requests.
+
+What a unit publishes (``published_queue``) leaves out the claim of its grant: every write to a
+unit's peer bag is a hook on every other unit, and a claim changes nothing the leader decides.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .backend_choice import Backend
-from .models import Operation, Outcome, UnitQueue
+from .models import Claim, Operation, Outcome, UnitQueue
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,11 @@ def schedule(
     revoked: Mapping[str, Revocation] | None = None,
 ) -> Schedule:
     """One pass: keep what must stay granted, then fill free slots by priority."""
-    next_token = max(next_token, _highest_token(queues) + 1)
+    next_token = max(
+        next_token,
+        _highest_token(queues) + 1,
+        max((g.token for g in grants.values()), default=0) + 1,
+    )
     kept: dict[str, PeerGrant] = {}
     for unit, queue in queues.items():
         grant = grants.get(unit)
@@ -173,3 +180,42 @@ def unit_step(
             return queue  # a stale or forged grant: tokens only ever rise on a unit
         return queue.claim(grant.token, now)
     return queue
+
+
+def published_queue(
+    queue: UnitQueue, grant: PeerGrant | None, before: UnitQueue | None
+) -> UnitQueue:
+    """A unit's queue as it publishes it under peer: as it was before it claimed its grant.
+
+    Each write to a unit's peer bag costs a hook on every other unit. The leader keeps a grant
+    alike whether its operation waits at the head or runs (``_still_needed``), counts it
+    against k alike, and revokes it alike (the revocation names the operation): the claim
+    tells it nothing. So the claimed operation is shown back at the head with the attempt it
+    was granted at, and the unit's next write is the operation's end, retry or revocation.
+
+    The highest token shown is the one published ``before`` (the claimed token is this
+    leader's own, below its ``next-token``), never above the queue's own. A running operation
+    under any other token (etcd's, a withdrawn grant's, a retry-hold's next attempt) is shown.
+    """
+    claim = queue.current
+    if grant is None or claim is None or not _runs_grant(claim, grant):
+        return queue
+    shown = max(
+        min(queue.highest_token, before.highest_token if before is not None else 0),
+        max((entry.token for entry in queue.history), default=0),
+    )
+    unclaimed = claim.operation.model_copy(update={"attempt": grant.attempt})
+    return queue.model_copy(
+        update={"current": None, "pending": (unclaimed, *queue.pending), "highest_token": shown}
+    )
+
+
+def _runs_grant(claim: Claim, grant: PeerGrant) -> bool:
+    """Whether ``claim`` is the first run of ``grant`` (claiming adds one to the attempt)."""
+    op = claim.operation
+    return (
+        claim.token == grant.token
+        and op.id == grant.op_id
+        and op.attempt == grant.attempt + 1
+        and claim.result is None
+    )

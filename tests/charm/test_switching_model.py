@@ -249,7 +249,7 @@ class Model:
                 unit.etcd_failed = False
         except EtcdUnavailableError:
             pass
-        unit.published = unit.record.queue if backend.queue_is_local else None
+        unit.published = backend.published(unit.record)
         unit.epoch = state.epoch
         if backend.queue_is_local and self.etcd.up:
             unit.etcd_failed = False  # the update-status probe

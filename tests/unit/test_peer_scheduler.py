@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollingops.models import Operation, OperationResult, UnitQueue
-from rollingops.peer_scheduler import PeerGrant, schedule
+from rollingops.peer_scheduler import PeerGrant, published_queue, schedule
 
 T0 = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
 UNITS = [f"app/{n}" for n in range(5)]
@@ -96,12 +96,18 @@ actions = st.lists(
 @settings(max_examples=500, deadline=None)
 @given(actions=actions, capacity=st.integers(1, 3), max_retry=st.none() | st.integers(0, 2))
 def test_never_more_than_k_run_and_nothing_is_lost(actions, capacity, max_retry):
+    """The leader schedules on what units last published (``published_queue``: no claims)."""
     queues = {unit: UnitQueue() for unit in UNITS}
+    published = dict(queues)
     grants: dict[str, PeerGrant] = {}
     token, clock = 1, 0
     requested: list[str] = []
     first_grants: list[str] = []
     completed: set[str] = set()
+
+    def publish(unit: str) -> None:
+        if unit in queues:
+            published[unit] = published_queue(queues[unit], grants.get(unit), published[unit])
 
     def step(kind: str, unit: str = "", result: OperationResult | None = None) -> None:
         nonlocal grants, token, clock
@@ -112,7 +118,8 @@ def test_never_more_than_k_run_and_nothing_is_lost(actions, capacity, max_retry)
             queues[unit] = queue.enqueue(new)
             requested.append(new.id)
         elif kind == "schedule":
-            result_ = schedule(queues, grants, capacity, token)
+            seen = {u: published[u] for u in queues}
+            result_ = schedule(seen, grants, capacity, token)
             for unit_, grant in result_.grants.items():
                 if unit_ not in grants and queues[unit_].current is None:
                     assert grant.token >= token, "new grants take fresh, increasing tokens"
@@ -133,6 +140,7 @@ def test_never_more_than_k_run_and_nothing_is_lost(actions, capacity, max_retry)
             for pending in (*queue.pending, *([queue.current.operation] if queue.current else [])):
                 requested.remove(pending.id)
             del queues[unit]
+        publish(unit)
         assert len(holders(queues)) <= capacity, "more than k units run at once"
 
     for action in actions:
@@ -147,3 +155,14 @@ def test_never_more_than_k_run_and_nothing_is_lost(actions, capacity, max_retry)
     assert not any(q.has_work for q in queues.values())
     assert set(requested) == completed, "every request ran to completion or was dropped"
     assert first_grants == sorted(first_grants, key=lambda i: int(i.split("-")[-1]))
+
+
+def test_tokens_stay_above_standing_grants_when_next_token_is_lost():
+    """A lost ``next-token`` (an unreadable bag) never hands out a token a grant still uses."""
+    queues = {
+        "app/0": UnitQueue().enqueue(op("a", 0)),
+        "app/1": UnitQueue().enqueue(op("b", 1)),
+    }
+    standing = {"app/0": PeerGrant("app/0", "a", 50)}
+    result = schedule(queues, standing, capacity=2, next_token=1)
+    assert result.grants["app/1"].token > 50
