@@ -118,8 +118,7 @@ def test_never_more_than_k_run_and_nothing_is_lost(actions, capacity, max_retry)
             queues[unit] = queue.enqueue(new)
             requested.append(new.id)
         elif kind == "schedule":
-            seen = {u: published[u] for u in queues}
-            result_ = schedule(seen, grants, capacity, token)
+            result_ = schedule({u: published[u] for u in queues}, grants, capacity, token)
             for unit_, grant in result_.grants.items():
                 if unit_ not in grants and queues[unit_].current is None:
                     assert grant.token >= token, "new grants take fresh, increasing tokens"
