@@ -17,7 +17,10 @@ between them. What is simulated is Juju:
   socket and blocks until the hook has run, like juju-exec waiting for the machine lock.
 - **Leader election** and **unit add/remove** run the hooks Juju would run.
 
-It counts hook executions per unit and keeps a timeline of (time, unit, hook).
+It counts hook executions per unit and keeps a timeline of hooks: when each was queued,
+started and ended, and why it was queued. A hook's wait between queued and started is the
+simulator's doing as much as Juju's: one hook at a time across the cluster, where Juju would
+only serialise the hooks of one machine (``bench/e2e_handoff.py`` tells the two apart).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SUB_APP, PRINCIPAL_APP = "rollingops", "principal"
 PEER_ID, CONTAINER_BASE = 1, 100
+JUJU, OPERATOR, JUJU_EXEC = "juju", "operator", "juju-exec"
+"""Causes of a hook that no unit's relation data explains (``HookRecord.cause``)."""
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -104,16 +109,27 @@ class Hook:
     key: tuple[Any, ...] = ()
     """Identical pending hooks (same key) are coalesced."""
     done: threading.Event | None = None
+    cause: str = JUJU
+    """Why it was queued: Juju's own event, relation data a unit wrote, juju-exec, the operator."""
+    queued: float = field(default_factory=time.time)
+    """Epoch seconds, like the workers' logs and the demo's records: one clock for all three."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class HookRecord:
-    """One execution, for the timeline."""
+    """One execution, for the timeline: epoch seconds when queued, started and ended."""
 
-    at: float
     unit: str
     hook: str
-    seconds: float
+    cause: str
+    queued: float
+    started: float
+    ended: float
+
+    @property
+    def seconds(self) -> float:
+        """Seconds the hook ran."""
+        return self.ended - self.started
 
 
 class _HookRequests(socketserver.ThreadingUnixStreamServer):
@@ -332,16 +348,20 @@ class Cluster:
             "max-retry": -1 if max_retry is None else max_retry,
         }
         unit = self.units[f"{PRINCIPAL_APP}/{machine}"]
-        self._execute(
-            Hook(unit.name, "restart-action", lambda u: u.ctx.on.action("restart", params=params))
+        action = Hook(
+            unit.name,
+            "restart-action",
+            lambda u: u.ctx.on.action("restart", params=params),
+            cause=OPERATOR,
         )
+        self._execute(action)
         return str((unit.ctx.action_results or {})["op"])
 
     def trigger(self, machine: int, hook: str = "config-changed") -> None:
         """Run a plain hook on the principal of ``machine`` (a charm that requests in it)."""
         unit = f"{PRINCIPAL_APP}/{machine}"
         event = hook.replace("-", "_")
-        self._execute(Hook(unit, hook, lambda u: getattr(u.ctx.on, event)()))
+        self._execute(Hook(unit, hook, lambda u: getattr(u.ctx.on, event)(), cause=OPERATOR))
 
     def configure(self, unit: str, config: dict[str, Any]) -> None:
         """Set ``unit``'s charm config (what ``juju config`` would, without the hook)."""
@@ -352,7 +372,12 @@ class Cluster:
         """Run an operator's action on ``unit`` (one hook); its results, or raise its failure."""
         sim = self.units[unit]
         self._execute(
-            Hook(unit, f"{name}-action", lambda u: u.ctx.on.action(name, params=params or {}))
+            Hook(
+                unit,
+                f"{name}-action",
+                lambda u: u.ctx.on.action(name, params=params or {}),
+                cause=OPERATOR,
+            )
         )
         return dict(sim.ctx.action_results or {})
 
@@ -427,7 +452,7 @@ class Cluster:
 
         side.thread = threading.Thread(target=run, name=f"side-{unit}", daemon=True)
         self._side[sim.machine] = side
-        side.started = time.monotonic()
+        side.started = time.time()
         side.thread.start()
 
     def side_hooks_done(self) -> bool:
@@ -450,8 +475,11 @@ class Cluster:
                 continue
             del self._side[machine]
             unit = self.units[side.hook.unit]
+            hook = side.hook
             self.timeline.append(
-                HookRecord(time.time(), unit.name, side.hook.name, time.monotonic() - side.started)
+                HookRecord(
+                    unit.name, hook.name, hook.cause, hook.queued, side.started, time.time()
+                )
             )
             if side.error is not None:
                 raise side.error
@@ -468,7 +496,8 @@ class Cluster:
         if unit not in self.units:
             return False
         done = threading.Event()
-        self._inbox.put(Hook(unit, hook, lambda _: _Event(hook.replace("-", "_")), done=done))
+        event = _Event(hook.replace("-", "_"))
+        self._inbox.put(Hook(unit, hook, lambda _: event, done=done, cause=JUJU_EXEC))
         return done.wait(timeout=120)
 
     def wait_queued(self, machine: int, op_id: str, timeout: float = 30) -> None:
@@ -504,16 +533,25 @@ class Cluster:
         these intervals overlap only if the real holds did.
         """
         intervals = []
-        for log in (self.root / "state").glob("*/worker.log"):
+        for entries in self.worker_logs().values():
             acquired: float | None = None
-            for line in log.read_text().splitlines():
-                entry = json.loads(line)
+            for entry in entries:
                 if entry["event"] == "acquired":
                     acquired = entry["ts"]
                 elif entry["event"] == "releasing" and acquired is not None:
                     intervals.append((entry["unit"], acquired, entry["ts"]))
                     acquired = None
         return intervals
+
+    def worker_logs(self) -> dict[str, list[dict[str, Any]]]:
+        """Every worker's log so far, by unit: JSON entries with ``ts`` (epoch) and ``event``."""
+        logs: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for log in (self.root / "state").glob("*/worker.log"):
+            text = log.read_text()
+            for line in text[: text.rfind("\n") + 1].splitlines():  # not a line being written
+                entry = json.loads(line)
+                logs[entry["unit"]].append(entry)
+        return dict(logs)
 
     def running(self) -> set[str]:
         """Subordinates whose record shows an operation granted and not yet answered.
@@ -567,11 +605,17 @@ class Cluster:
             return
 
     def _queue(
-        self, unit: str, name: str, event: Callable[[SimUnit], Any], key: tuple[Any, ...] = ()
+        self,
+        unit: str,
+        name: str,
+        event: Callable[[SimUnit], Any],
+        key: tuple[Any, ...] = (),
+        cause: str = JUJU,
     ) -> None:
+        """Queue a hook, unless an identical one (same key) is pending: it keeps its place."""
         if key and any(h.unit == unit and h.key == key for h in self._pending):
             return
-        self._pending.append(Hook(unit, name, event, key))
+        self._pending.append(Hook(unit, name, event, key, cause=cause))
 
     def _execute(self, hook: Hook) -> None:
         unit = self.units.get(hook.unit)
@@ -580,12 +624,12 @@ class Cluster:
                 hook.done.set()
             return
         before = unit.state
-        started = time.monotonic()
+        started = time.time()
         try:
             unit.state = unit.ctx.run(hook.event(unit), before)
         finally:
             self.timeline.append(
-                HookRecord(time.time(), unit.name, hook.name, time.monotonic() - started)
+                HookRecord(unit.name, hook.name, hook.cause, hook.queued, started, time.time())
             )
             if hook.done:
                 hook.done.set()
@@ -612,6 +656,7 @@ class Cluster:
                             "cluster-relation-changed",
                             _relation_event("changed", PEER_ID, unit.machine),
                             ("peer", unit.machine),
+                            _wrote(unit),
                         )
             elif relation.id >= CONTAINER_BASE:
                 self._deliver_container(unit, relation.id, data)
@@ -624,7 +669,8 @@ class Cluster:
             relation = other.state.get_relation(PEER_ID)
             self._replace_relation(other, dataclasses.replace(relation, local_app_data=data))
             changed = _relation_event("changed", PEER_ID, leader.machine)
-            self._queue(other.name, "cluster-relation-changed", changed, ("peer", leader.machine))
+            key = ("peer", leader.machine)
+            self._queue(other.name, "cluster-relation-changed", changed, key, _wrote(leader))
 
     def _deliver_container(self, unit: SimUnit, relation_id: int, data: dict[str, str]) -> None:
         partner_app = PRINCIPAL_APP if unit.app == SUB_APP else SUB_APP
@@ -640,6 +686,7 @@ class Cluster:
             "rollingops-relation-changed",
             _relation_event("changed", relation_id, unit.machine),
             ("container", relation_id),
+            _wrote(unit),
         )
 
     def _set_peer_data(self, unit: SimUnit, peer: int, data: dict[str, str]) -> None:
@@ -664,6 +711,7 @@ class _SideHook:
     before: testing.State
     thread: threading.Thread | None = None
     started: float = 0.0
+    """Epoch seconds, as in ``HookRecord``."""
     result: testing.State | None = None
     error: BaseException | None = None
 
@@ -680,6 +728,11 @@ def _with_remote_data_of(result: testing.State, current: testing.State) -> testi
         }
         relations.add(dataclasses.replace(relation, **remote))
     return dataclasses.replace(result, relations=relations)
+
+
+def _wrote(unit: SimUnit) -> str:
+    """The cause of a relation-changed hook: ``unit`` wrote relation data."""
+    return f"{unit.name} wrote relation data"
 
 
 def _record(unit: SimUnit) -> UnitRecord:
