@@ -76,6 +76,7 @@ class EtcdRequirer:
     def __init__(self, model: ops.Model, relation_name: str) -> None:
         self._model = model
         self._relation_name = relation_name
+        self._read_replies: list[ResourceProviderModel] | None = None
         self._ours = OpsRelationRepositoryInterface(
             model, relation_name, RequirerDataContractV1[RequirerCommonModel]
         )
@@ -130,12 +131,8 @@ class EtcdRequirer:
         Any reply naming both counts, whatever its request-id: a unit still connected with the
         pair of an earlier request (an upgrade, a cluster-id change in progress) keeps working.
         """
-        relation = self.relation
-        if relation is None or relation.app is None:
-            return None
         try:
-            replies = self._theirs.build_model(relation.id, component=relation.app).requests
-            for reply in replies:
+            for reply in self._replies():
                 if (
                     reply.resource == prefix
                     and reply.username == user
@@ -146,3 +143,24 @@ class EtcdRequirer:
         except (ValidationError, ValueError, RecursionError, ops.ModelError) as error:
             logger.warning("charmed-etcd's reply is unreadable: %s", error)
         return None
+
+    def _replies(self) -> list[ResourceProviderModel]:
+        """charmed-etcd's replies, read once per hook (this object lives for one hook).
+
+        Reading them builds the relation's model, a run of ``secret-get`` per secret field;
+        the charm asks for the connection several times in a hook, and charmed-etcd's bag
+        cannot change under a running hook.
+        """
+        if self._read_replies is None:
+            self._read_replies = self._read_their_replies()
+        return self._read_replies
+
+    def _read_their_replies(self) -> list[ResourceProviderModel]:
+        relation = self.relation
+        if relation is None or relation.app is None:
+            return []
+        try:
+            return list(self._theirs.build_model(relation.id, component=relation.app).requests)
+        except (ValidationError, ValueError, RecursionError, ops.ModelError) as error:
+            logger.warning("charmed-etcd's reply is unreadable: %s", error)
+            return []

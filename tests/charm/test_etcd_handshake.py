@@ -10,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+from typing import Any
 
-from charm_helpers import peer, read_content, unit_dir
+from charm_helpers import peer, principal_relation, read_content, record_of, request, unit_dir
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from ops import testing
 from rollingops_charm.etcd_relation import request_id
 from rollingops_charm.identity import LABEL, AppIdentity, client_cn
+from scenario.mocking import _MockModelBackend
+from test_protocol import changed
 from testbed.charmed_etcd import (
     ETCD_ID,
     CharmedEtcd,
@@ -360,3 +363,24 @@ def test_a_reply_nested_beyond_reason_is_not_an_answer(ctx, supervisor, wired):
     state = dataclasses.replace(wired.state(peer(), leader=True), relations={relation, peer()})
     out = ctx.run(ctx.on.relation_changed(relation), state)
     assert "waiting for charmed-etcd to grant" in out.unit_status.message
+
+
+def test_a_hook_reads_charmed_etcds_reply_once(ctx, supervisor, wired, monkeypatch):
+    """Each read of the reply is a ``secret-get`` per secret field, a process each in Juju."""
+    calls: list[str] = []
+    original = _MockModelBackend.secret_get
+
+    def counted(self: _MockModelBackend, *args: Any, **kwargs: Any) -> Any:
+        calls.append(f"{kwargs.get('id')}/{kwargs.get('label')}")
+        return original(self, *args, **kwargs)
+
+    principal = principal_relation(requests=[request("op1")])
+    out = changed(ctx, wired, principal)
+    monkeypatch.setattr(_MockModelBackend, "secret_get", counted)
+    principal = out.get_relations("rollingops")[0]
+    ctx.run(ctx.on.relation_changed(principal, remote_unit=0), out)
+    assert record_of(out).queue.pending or record_of(out).queue.current, "a connected unit"
+    replies = [call for call in calls if "/etcd." in call]  # charmed-etcd's secret fields
+    per_read = 2  # ops' get_secret, then the library's get_content
+    assert replies, "the hook did read charmed-etcd's reply"
+    assert len(replies) == per_read * len(set(replies)), f"the reply read twice: {replies}"
