@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from etcd_helpers import WorkerFarm, operation, wait_until
+from etcd_helpers import WorkerFarm, distro_build, operation, wait_until
 from test_worker import events, finished
 
 from rollingops.models import Outcome
 from rollingops.worker_config import WorkerConfig
 
 DEFAULT_ATTEMPTS = WorkerConfig.model_fields["hook_attempts"].default
+__all__ = ["distro_build"]  # the worker's retry backoff (31 s), not etcd: one build (etcd_helpers)
 
 
 def failing_runner(farm: WorkerFarm) -> tuple[Path, Path]:
