@@ -33,6 +33,11 @@ warnings.filterwarnings("ignore", category=UserWarning, module="pydantic")
 OLD_PEER_LIBRARY = "4N-3 hooks per operation (65 for a 5-unit rolling restart)"
 
 
+def old_library_per_op(size: int) -> int:
+    """The old peer library's hooks per operation, as measured in its day: 4N - 3."""
+    return 4 * size - 3
+
+
 def machine_of(unit: str) -> int:
     return int(unit.split("/")[1])
 
@@ -115,7 +120,7 @@ def measure_fallback(size: int, root: Path, etcd: EtcdCluster) -> dict[str, floa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 10, 30])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 10, 30, 100])
     args = parser.parse_args()
     if not etcd_installed():
         print(NOT_INSTALLED)
@@ -141,14 +146,16 @@ def print_tables(rows: list[tuple[int, str, dict[str, float]]], fallback: dict[s
     print("- hooks run for real (ops.testing), one at a time; the restart itself takes 0 s\n")
     print(
         "| N | backend | one op: hooks on its machine | one op: hooks on other machines | "
-        "rolling restart: hooks | per op | per machine mean / max | wall s |"
+        "rolling restart: hooks | per op | per op / (N - 1) | old peer library per op | "
+        "per machine mean / max | wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for size, backend, r in rows:
         print(
             f"| {size} | {backend} | {r['single_here']} | {r['single_elsewhere']} | "
-            f"{r['total']} | {r['per_op']:.1f} | {r['machine_mean']:.1f} / "
-            f"{r['machine_max']} | {r['wall']:.2f} |"
+            f"{r['total']} | {r['per_op']:.1f} | {r['per_op'] / (size - 1):.2f} | "
+            f"{old_library_per_op(size) if backend == 'peer' else '-'} | "
+            f"{r['machine_mean']:.1f} / {r['machine_max']} | {r['wall']:.2f} |"
         )
     print(
         f"\nTarget (etcd): a constant number of hooks per operation, all on the machine "
