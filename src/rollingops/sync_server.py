@@ -105,7 +105,6 @@ class SyncServer:
             os.umask(old_mask)
         os.chmod(self.path, 0o600)
         listener.listen(MAX_SESSIONS)
-        listener.settimeout(_WAKE_INTERVAL)
         self._listener = listener
         self._thread = threading.Thread(target=self._accept, name="sync-accept", daemon=True)
         self._thread.start()
@@ -114,10 +113,12 @@ class SyncServer:
     def close(self) -> None:
         """Stop accepting, end every hold (keys removed, leases revoked), remove the socket."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
         if self._listener is None:
             return  # never listened: the socket file, if any, is not ours
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (Linux)
+        if self._thread is not None:
+            self._thread.join()
         self._listener.close()
         with self._guard:
             sessions = list(self._sessions)
@@ -129,13 +130,17 @@ class SyncServer:
             self.path.unlink()
 
     def _accept(self) -> None:
+        """Wait for clients in ``accept`` itself, with no timeout: an idle worker never wakes.
+
+        ``close`` ends the wait by shutting the listener down.
+        """
         assert self._listener is not None  # noqa: S101 - set by start
         while not self._stop.is_set():
             try:
                 connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
             except OSError as error:
+                if self._stop.is_set():
+                    return
                 _log("sync-accept-failed", error=str(error))
                 self._stop.wait(_WAKE_INTERVAL)
                 continue

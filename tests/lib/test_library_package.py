@@ -41,3 +41,13 @@ def test_the_wheel_carries_the_version_of_the_package_and_only_the_library(wheel
 
 def test_the_changelog_names_the_current_version():
     assert f"## {rollingops_principal.__version__}" in (LIB / "CHANGELOG.md").read_text()
+
+
+def test_every_public_name_of_the_package_loads_on_first_use():
+    """The names load lazily (the worker imports the wire alone); each must still be there."""
+    missing = [
+        name for name in rollingops_principal.__all__ if not hasattr(rollingops_principal, name)
+    ]
+    assert missing == []
+    with pytest.raises(AttributeError, match="no attribute 'Missing'"):
+        _ = rollingops_principal.Missing  # pyright: ignore[reportAttributeAccessIssue]
