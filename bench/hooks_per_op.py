@@ -63,6 +63,7 @@ def measure(size: int, root: Path, etcd: EtcdCluster | None) -> dict[str, float]
         cluster.settle()
         single = hooks_since(cluster, mark)
         mark = len(cluster.timeline)
+        writes_before = cluster.peer_writes.total()
         started = time.monotonic()
         for machine in range(size):
             cluster.request(machine)
@@ -70,6 +71,7 @@ def measure(size: int, root: Path, etcd: EtcdCluster | None) -> dict[str, float]
         wall = time.monotonic() - started
         cluster.settle()
         rolling = hooks_since(cluster, mark)
+        writes = cluster.peer_writes.total() - writes_before
     finally:
         cluster.close()
     per_machine = [rolling.get(m, 0) for m in range(size)]
@@ -80,6 +82,7 @@ def measure(size: int, root: Path, etcd: EtcdCluster | None) -> dict[str, float]
         "per_op": sum(per_machine) / size,
         "machine_mean": sum(per_machine) / size,
         "machine_max": max(per_machine),
+        "writes_per_op": writes / size,
         "wall": wall,
     }
 
@@ -147,14 +150,15 @@ def print_tables(rows: list[tuple[int, str, dict[str, float]]], fallback: dict[s
     print(
         "| N | backend | one op: hooks on its machine | one op: hooks on other machines | "
         "rolling restart: hooks | per op | per op / (N - 1) | old peer library per op | "
-        "per machine mean / max | wall s |"
+        "peer bag writes per op | per machine mean / max | wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size, backend, r in rows:
         print(
             f"| {size} | {backend} | {r['single_here']} | {r['single_elsewhere']} | "
             f"{r['total']} | {r['per_op']:.1f} | {r['per_op'] / (size - 1):.2f} | "
             f"{old_library_per_op(size) if backend == 'peer' else '-'} | "
+            f"{r['writes_per_op']:.2f} | "
             f"{r['machine_mean']:.1f} / {r['machine_max']} | {r['wall']:.2f} |"
         )
     print(

@@ -163,6 +163,8 @@ class Cluster:
     """The principal charm every machine runs (the demo principal by default)."""
     units: dict[str, SimUnit] = field(default_factory=dict[str, SimUnit])
     timeline: list[HookRecord] = field(default_factory=list[HookRecord])
+    peer_writes: collections.Counter[str] = field(default_factory=collections.Counter[str])
+    """Writes to the peer relation: ``unit`` bags and the ``app`` bag (each a hook elsewhere)."""
     _pending: collections.deque[Hook] = field(default_factory=collections.deque[Hook])
     _inbox: queue.Queue[Hook] = field(default_factory=queue.Queue[Hook])
     max_running: int = 0
@@ -643,11 +645,13 @@ class Cluster:
         for relation in unit.state.relations:
             old = before.get_relation(relation.id)
             if relation.id == PEER_ID and relation.local_app_data != old.local_app_data:
+                self.peer_writes["app"] += 1
                 self._deliver_app_data(unit, dict(relation.local_app_data))
             if relation.local_unit_data == old.local_unit_data:
                 continue
             data = dict(relation.local_unit_data)
             if relation.id == PEER_ID:
+                self.peer_writes["unit"] += 1
                 for other in self._subs():
                     if other.name != unit.name:
                         self._set_peer_data(other, unit.machine, data)
@@ -669,7 +673,9 @@ class Cluster:
             relation = other.state.get_relation(PEER_ID)
             self._replace_relation(other, dataclasses.replace(relation, local_app_data=data))
             changed = _relation_event("changed", PEER_ID, leader.machine)
-            key = ("peer", leader.machine)
+            # Juju tracks the application bag apart from the units' (its own relation-changed,
+            # JUJU_REMOTE_UNIT unset): it does not merge with the leader's unit-bag hook.
+            key = ("peer-app",)
             self._queue(other.name, "cluster-relation-changed", changed, key, _wrote(leader))
 
     def _deliver_container(self, unit: SimUnit, relation_id: int, data: dict[str, str]) -> None:
