@@ -299,6 +299,9 @@ class HandoffResult:
     load: float
     """The machine's 1-minute load average at the row's end."""
     handoffs: list[float] = field(default_factory=list)
+    """Steady-state handoffs: after every contender's first turn (see ``analyse``)."""
+    rush_max: float = math.nan
+    """The slowest handoff of the start-up rush (the first N holds)."""
     overlaps: int = 0
     token_regressions: int = 0
     slowest_at: float = math.nan
@@ -386,15 +389,23 @@ def analyse(result: HandoffResult) -> HandoffResult:
     holds where the next holder was already waiting when the release started; its latency is
     the next acquire's return minus the release start. Two holds overlap if one's acquire
     returned before an earlier holder had started to release.
+
+    The first N holds are the start-up rush: every contender enters at once (N enter
+    transactions and watches on 2 cores), which units joining one by one never do. The tail
+    is taken after it, from the (N+1)-th hold on, when every holder entered in steady state;
+    the rush's slowest handoff is reported apart.
     """
     ordered = sorted(result.holds, key=lambda h: h.acquired)
     pairs = [
-        (nxt.acquired - cur.release_start, nxt.acquired)
-        for cur, nxt in itertools.pairwise(ordered)
+        (nxt.acquired - cur.release_start, nxt.acquired, index)
+        for index, (cur, nxt) in enumerate(itertools.pairwise(ordered), start=1)
         if nxt.acquire_start < cur.release_start
     ]
-    handoffs = [latency for latency, _ in pairs]
-    slowest_at = max(pairs)[1] - ordered[0].acquire_start if pairs else math.nan
+    rush = result.case.contenders
+    handoffs = [latency for latency, _, index in pairs if index >= rush]
+    rush_max = max((latency for latency, _, index in pairs if index < rush), default=math.nan)
+    steady = [(latency, at) for latency, at, index in pairs if index >= rush]
+    slowest_at = max(steady)[1] - ordered[0].acquire_start if steady else math.nan
     overlaps = 0
     regressions = 0
     latest_release = -math.inf
@@ -412,6 +423,7 @@ def analyse(result: HandoffResult) -> HandoffResult:
         result.errors,
         result.load,
         handoffs,
+        rush_max,
         overlaps,
         regressions,
         slowest_at,
@@ -436,6 +448,7 @@ def handoff_row(result: HandoffResult) -> list[str]:
         ms(max(lat) if lat else math.nan),
         f"{result.slowest_at:.2f}",
         str(sum(1 for x in lat if x >= SLOW_HANDOFF)),
+        ms(result.rush_max),
         f"{ops / window:.1f}" if ops else "-",
         f"{result.requests.total() / ops:.2f}" if ops else "-",
         f"{result.events / ops:.2f}" if ops else "-",
@@ -456,13 +469,14 @@ HANDOFF_HEADERS = (
     "N",
     "hold ms",
     "ops",
-    "handoffs",
+    "steady handoffs",
     "mean ms",
     "p50 ms",
     "p99 ms",
     "max ms",
     "max at s",
     "slow",
+    "rush max ms",
     "ops/s",
     "req/op",
     "events/release",
@@ -989,15 +1003,27 @@ def _measure_on(
         found.ops += [tuple(bursts), tuple(singles)]
 
 
+def settle_load(quiet: float = 1.5, longest: float = 90.0) -> None:
+    """Wait (at most ``longest`` s) for the 1-minute load average to fall to ``quiet``.
+
+    A row must not inherit the previous row's load: the load average of the row then says
+    what the row itself ran beside.
+    """
+    deadline = time.monotonic() + longest
+    while os.getloadavg()[0] > quiet and time.monotonic() < deadline:
+        time.sleep(2)
+
+
 def _handoff_results(
     settings: EtcdSettings, members: int, args: argparse.Namespace
 ) -> list[HandoffResult]:
     results = []
     for hold_ms in args.holds:
         for n in args.contenders:
-            case = HandoffCase(
-                members, n, hold_ms / 1000, args.ops, args.row_seconds, args.processes, args.ttl
-            )
+            ops = max(args.ops, 2 * n + args.ops // 2)  # the rush, then steady handoffs
+            seconds = max(args.row_seconds, ops * (hold_ms / 1000 + 0.02) * 1.5)
+            case = HandoffCase(members, n, hold_ms / 1000, ops, seconds, args.processes, args.ttl)
+            settle_load()
             progress(f"handoff: {members} member(s), N={n}, hold {hold_ms:.0f} ms")
             result = run_handoff(settings, case)
             for error in result.errors[:3]:
