@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -306,6 +307,42 @@ class HandoffResult:
     token_regressions: int = 0
     slowest_at: float = math.nan
     """Seconds from the row's first acquire to the slowest handoff: is it the start-up rush?"""
+    probe: list[float] = field(default_factory=list)
+    """etcd put latencies measured beside the row (``WriteProbe``)."""
+
+
+class WriteProbe:
+    """etcd's own write latency beside a row: one put every 100 ms from this process.
+
+    A handoff is a delete, a watch event and a transaction. When the probe's puts stall too,
+    the tail is the machine's (disk sync, CPU), not the lock's: the column says which.
+    """
+
+    INTERVAL = 0.1
+
+    def __init__(self, settings: EtcdSettings) -> None:
+        self._client = EtcdClient(settings)
+        self._key = f"{settings.prefix}probe"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="write-probe", daemon=True)
+        self.latencies: list[float] = []
+
+    def __enter__(self) -> WriteProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._client.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            started = time.monotonic()
+            # A put that fails counts as a stall as long as its bound.
+            with contextlib.suppress(Exception):
+                self._client.put(self._key, b"probe")
+            self.latencies.append(time.monotonic() - started)
 
 
 def run_handoff(settings: EtcdSettings, case: HandoffCase) -> HandoffResult:
@@ -335,8 +372,10 @@ def run_handoff(settings: EtcdSettings, case: HandoffCase) -> HandoffResult:
         proc.start()
     try:
         shared.barrier.wait(STARTUP_TIMEOUT)
-        _stop_when_done(shared, case, procs)
-        return _collect(case, shared, procs)
+        with WriteProbe(settings) as probe:
+            _stop_when_done(shared, case, procs)
+        result = _collect(case, shared, procs)
+        return dataclasses.replace(result, probe=probe.latencies)
     finally:
         _reap(procs)
 
@@ -449,6 +488,7 @@ def handoff_row(result: HandoffResult) -> list[str]:
         f"{result.slowest_at:.2f}",
         str(sum(1 for x in lat if x >= SLOW_HANDOFF)),
         ms(result.rush_max),
+        f"{ms(percentile(result.probe, 0.5))} / {ms(percentile(result.probe, 0.99))}",
         f"{ops / window:.1f}" if ops else "-",
         f"{result.requests.total() / ops:.2f}" if ops else "-",
         f"{result.events / ops:.2f}" if ops else "-",
@@ -477,6 +517,7 @@ HANDOFF_HEADERS = (
     "max at s",
     "slow",
     "rush max ms",
+    "etcd put p50 / p99 ms",
     "ops/s",
     "req/op",
     "events/release",
