@@ -119,7 +119,10 @@ def schedule(
         (
             unit
             for unit, queue in queues.items()
-            if unit not in kept and queue.current is None and queue.pending
+            if unit not in kept
+            and queue.current is None
+            and queue.pending
+            and not is_revoked(queue, (revoked or {}).get(unit))
         ),
         key=lambda unit: (_priority(queues[unit].pending[0]), unit),
     )

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollingops.models import Operation, OperationResult, UnitQueue
-from rollingops.peer_scheduler import PeerGrant, published_queue, schedule
+from rollingops.peer_scheduler import PeerGrant, Revocation, published_queue, schedule
 
 T0 = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
 UNITS = [f"app/{n}" for n in range(5)]
@@ -165,3 +165,20 @@ def test_tokens_stay_above_standing_grants_when_next_token_is_lost():
     standing = {"app/0": PeerGrant("app/0", "a", 50)}
     result = schedule(queues, standing, capacity=2, next_token=1)
     assert result.grants["app/1"].token > 50
+
+
+def test_a_force_released_holder_whose_claim_is_unpublished_does_not_get_the_slot_back():
+    stuck, waiting = UnitQueue().enqueue(op("a", 0)), UnitQueue().enqueue(op("b", 1))
+    first = schedule({"app/0": stuck, "app/1": waiting}, {}, capacity=1, next_token=10)
+    grant = first.grants["app/0"]
+    claimed = stuck.claim(grant.token, T0)  # then app/0's machine freezes
+    published = published_queue(claimed, grant, stuck)  # what the leader reads of app/0
+    revocation = Revocation(grant.token, "hung", grant.op_id)  # LocalLock.force_release's
+    after = schedule(
+        {"app/0": published, "app/1": waiting},
+        first.grants,
+        capacity=1,
+        next_token=first.next_token,
+        revoked={"app/0": revocation},
+    )
+    assert set(after.grants) == {"app/1"}, "the revoked operation was granted again"
