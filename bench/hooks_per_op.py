@@ -124,6 +124,10 @@ def measure_fallback(size: int, root: Path, etcd: EtcdCluster) -> dict[str, floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 10, 30, 100])
+    parser.add_argument(
+        "--backends", nargs="+", choices=("etcd", "peer"), default=["etcd", "peer"]
+    )
+    parser.add_argument("--no-fallback", action="store_true", help="skip the etcd-loss run")
     args = parser.parse_args()
     if not etcd_installed():
         print(NOT_INSTALLED)
@@ -135,15 +139,21 @@ def main() -> int:
     ):
         for size in args.sizes:
             for backend, given in (("etcd", etcd), ("peer", None)):
+                if backend not in args.backends:
+                    continue
                 print(f"N = {size}, {backend} ...", file=sys.stderr, flush=True)
                 rows.append((size, backend, measure(size, Path(tmp), given)))
-        print("fallback ...", file=sys.stderr, flush=True)
-        fallback = measure_fallback(5, Path(tmp), etcd)
+        fallback = None
+        if not args.no_fallback:
+            print("fallback ...", file=sys.stderr, flush=True)
+            fallback = measure_fallback(5, Path(tmp), etcd)
     print_tables(rows, fallback)
     return 0
 
 
-def print_tables(rows: list[tuple[int, str, dict[str, float]]], fallback: dict[str, Any]) -> None:
+def print_tables(
+    rows: list[tuple[int, str, dict[str, float]]], fallback: dict[str, Any] | None
+) -> None:
     print("## Hooks per operation (cluster simulator)\n")
     print(f"- command: {' '.join(['bench/hooks_per_op.py', *sys.argv[1:]])}")
     print("- hooks run for real (ops.testing), one at a time; the restart itself takes 0 s\n")
@@ -165,6 +175,8 @@ def print_tables(rows: list[tuple[int, str, dict[str, float]]], fallback: dict[s
         f"\nTarget (etcd): a constant number of hooks per operation, all on the machine "
         f"concerned (<= 5), none elsewhere. Reference: the old peer library, {OLD_PEER_LIBRARY}."
     )
+    if fallback is None:
+        return
     print("\n## etcd lost in the middle of a 5-unit rolling restart\n")
     print("| etcd killed -> next grant (under peer) | operations lost | backend after |")
     print("|---|---|---|")
