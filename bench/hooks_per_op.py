@@ -60,16 +60,16 @@ def measure(size: int, root: Path, etcd: EtcdCluster | None) -> dict[str, float]
         mark = len(cluster.timeline)
         cluster.request(0)
         cluster.run_until(lambda: ends(cluster) == 1, timeout=120)
-        cluster.settle()
+        cluster.settle(timeout=max(30, 2 * size))
         single = hooks_since(cluster, mark)
         mark = len(cluster.timeline)
         writes_before = cluster.peer_writes.total()
         started = time.monotonic()
         for machine in range(size):
             cluster.request(machine)
-        cluster.run_until(lambda: ends(cluster) == 1 + size, timeout=600)
+        cluster.run_until(lambda: ends(cluster) == 1 + size, timeout=max(600, 20 * size))
         wall = time.monotonic() - started
-        cluster.settle()
+        cluster.settle(timeout=max(30, 2 * size))
         rolling = hooks_since(cluster, mark)
         writes = cluster.peer_writes.total() - writes_before
     finally:
