@@ -16,6 +16,7 @@ is not for our current request, or that cannot be read, is simply not an answer 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -76,7 +77,6 @@ class EtcdRequirer:
     def __init__(self, model: ops.Model, relation_name: str) -> None:
         self._model = model
         self._relation_name = relation_name
-        self._read_replies: list[ResourceProviderModel] | None = None
         self._ours = OpsRelationRepositoryInterface(
             model, relation_name, RequirerDataContractV1[RequirerCommonModel]
         )
@@ -132,7 +132,7 @@ class EtcdRequirer:
         pair of an earlier request (an upgrade, a cluster-id change in progress) keeps working.
         """
         try:
-            for reply in self._replies():
+            for reply in self._replies:
                 if (
                     reply.resource == prefix
                     and reply.username == user
@@ -144,6 +144,7 @@ class EtcdRequirer:
             logger.warning("charmed-etcd's reply is unreadable: %s", error)
         return None
 
+    @functools.cached_property
     def _replies(self) -> list[ResourceProviderModel]:
         """charmed-etcd's replies, read once per hook (this object lives for one hook).
 
@@ -151,11 +152,6 @@ class EtcdRequirer:
         the charm asks for the connection several times in a hook, and charmed-etcd's bag
         cannot change under a running hook.
         """
-        if self._read_replies is None:
-            self._read_replies = self._read_their_replies()
-        return self._read_replies
-
-    def _read_their_replies(self) -> list[ResourceProviderModel]:
         relation = self.relation
         if relation is None or relation.app is None:
             return []
