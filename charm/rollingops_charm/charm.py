@@ -9,7 +9,7 @@ principal. The worker process does the waiting; no hook ever waits for the lock.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import datetime as dt
 import json
 import logging
 import os
@@ -52,6 +52,7 @@ from .paths import UnitPaths
 from .principal import PrincipalLink, subordinate_bag
 from .status import StatusInputs, unit_status
 from .unit_record import EtcdFailure, RecordStore, UnitRecord
+from .worker_lifecycle import Situation, WorkerLifecycle, digest_of
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,12 @@ class RollingOpsCharm(ops.CharmBase):
         self.client_ca = CertificateTransferProvides(self, CLIENT_CA)
         self.principal = PrincipalLink(self.model, PRINCIPAL)
         self._stored.set_default(
-            record="", active_prefix="", worker_digest="", worker_log_offset=0
+            record="",
+            active_prefix="",
+            worker_digest="",
+            worker_log_offset=0,
+            restart_waiting_since="",
+            restart_waiting_for="",
         )
         self.records = RecordStore(self._stored)
         self._observe()
@@ -181,12 +187,12 @@ class RollingOpsCharm(ops.CharmBase):
         self._reconcile(probe=True)
 
     def _on_etcd_broken(self, _: ops.EventBase) -> None:
-        self._supervisor().remove()
+        self._lifecycle().stop()
         self._stored.worker_digest = ""
         self._sync()
 
     def _on_stop(self, _: ops.EventBase) -> None:
-        self._supervisor().remove()
+        self._lifecycle().stop()
         shutil.rmtree(self.paths.root, ignore_errors=True)
         self._credential_memo = (None,)  # nothing may write the unit's files again
 
@@ -206,7 +212,7 @@ class RollingOpsCharm(ops.CharmBase):
             peer_relation.flag_etcd_failure(relation, self.unit, failed=True)
         self._reconcile(probe=True)  # a renewed pair etcd now wants may be what was missing
 
-    def _reconcile(self, restart: bool = False, probe: bool = False) -> None:
+    def _reconcile(self, probe: bool = False) -> None:
         """Bring identity, relation requests, credentials and worker in line; then sync."""
         if self.unit.is_leader() and self.client_cn is not None and self.prefix is not None:
             self.identity = ensure_identity(self.model, self.client_cn)
@@ -215,41 +221,41 @@ class RollingOpsCharm(ops.CharmBase):
         self._credential_memo = (self._active_credential(probe),)
         self._settings_memo = None
         self._sync(probe=probe)
+        self._drive_worker()
+
+    def _drive_worker(self) -> None:
+        """Start, keep, restart, hold off or stop the worker, by ``worker_lifecycle``'s rules."""
         settings = self.etcd_settings()
-        if settings is None or self.decided() is not Backend.ETCD:
-            self._supervisor().remove()
-            self._stored.worker_digest = ""
-        else:
-            self._run_worker(settings, restart)
-
-    def _run_worker(self, settings: EtcdSettings, restart: bool) -> None:
-        """Start the worker, or restart it when its config or credentials changed.
-
-        A restart releases the lock, so a change waits while this unit runs an operation (the
-        running worker keeps its open connections); the next hook after it restarts.
-        """
-        self._write_worker_config(settings)
-        self._write_lock_command()
-        digest = self._worker_digest(settings)
-        supervisor = self._supervisor()
-        changed = digest != self._stored.worker_digest
-        if changed and not restart and self._busy() and supervisor.is_running():
-            logger.info("worker config or credentials changed: restart after the operation")
-            return
-        supervisor.ensure_running(restart=restart or changed)
-        self._stored.worker_digest = digest
-
-    def _worker_digest(self, settings: EtcdSettings) -> str:
-        """What the worker reads at start: its config and the credential files."""
-        files = (self.paths.worker_config, settings.ca_file, settings.cert_file, settings.key_file)
-        digest = hashlib.sha256()
-        for path in files:
-            digest.update(path.read_bytes() if path.exists() else b"")
-        return digest.hexdigest()
-
-    def _busy(self) -> bool:
+        wanted = settings is not None and self.decided() is Backend.ETCD
+        digest = ""
+        if settings is not None and wanted:
+            self._write_worker_config(settings)
+            self._write_lock_command()
+            digest = digest_of(
+                (self.paths.worker_config, settings.ca_file, settings.cert_file, settings.key_file)
+            )
+        lifecycle = self._lifecycle()
         record = self.records.load()
-        return record is not None and record.queue.current is not None
+        running = record.queue.current if record else None
+        waiting_since = str(self._stored.restart_waiting_since)
+        situation = Situation(
+            wanted=wanted,
+            running=lifecycle.running(),
+            digest=digest,
+            running_digest=str(self._stored.worker_digest),
+            busy=lifecycle.busy(running.operation.id if running else None),
+            waiting_since=dt.datetime.fromisoformat(waiting_since) if waiting_since else None,
+        )
+        outcome = lifecycle.apply(situation)
+        if outcome.waiting_for:
+            logger.info("worker restart waits for %s", outcome.waiting_for)
+        self._stored.worker_digest = outcome.running_digest
+        since = outcome.waiting_since
+        self._stored.restart_waiting_since = since.isoformat() if since else ""
+        self._stored.restart_waiting_for = outcome.waiting_for
+
+    def _lifecycle(self) -> WorkerLifecycle:
+        return WorkerLifecycle(self._supervisor(), self.paths.root)
 
     def _publish_client_cas(self, identity: AppIdentity) -> None:
         """Leader: offer our client CA(s) to charmed-etcd's ``client-cas``."""
@@ -550,7 +556,7 @@ class RollingOpsCharm(ops.CharmBase):
 
     def worker_running(self) -> bool:
         """Whether this unit's worker process is alive."""
-        return self._supervisor().is_running()
+        return self._lifecycle().running()
 
     # -- status and actions ------------------------------------------------------------------
 
@@ -571,6 +577,7 @@ class RollingOpsCharm(ops.CharmBase):
             backend=state.backend,
             backend_since=state.decision.since if state.decision else None,
             pause=state.pause if state.backend is Backend.PEER else None,
+            restart_waits_for=str(self._stored.restart_waiting_for),
         )
         event.add_status(unit_status(inputs))
 

@@ -30,6 +30,8 @@ class StatusInputs:
     backend_since: dt.datetime | None = None
     pause: Pause | None = None
     """The domain's pause, where the unit knows it without a request (the peer backend)."""
+    restart_waits_for: str = ""
+    """What a decided worker restart waits for (``worker_lifecycle``); "" when none waits."""
 
 
 def unit_status(inputs: StatusInputs, now: dt.datetime | None = None) -> ops.StatusBase:
@@ -48,7 +50,10 @@ def unit_status(inputs: StatusInputs, now: dt.datetime | None = None) -> ops.Sta
         return ops.BlockedStatus(f"etcd unreachable since {since}: worker gave up, retrying")
     if not inputs.worker_running:
         return ops.MaintenanceStatus("starting the worker")
-    return ops.ActiveStatus(_activity(record, inputs.max_concurrent, now, "etcd"))
+    activity = _activity(record, inputs.max_concurrent, now, "etcd")
+    if inputs.restart_waits_for:
+        activity += f"; worker restart waits for {inputs.restart_waits_for}"
+    return ops.ActiveStatus(activity)
 
 
 def _off_etcd(inputs: StatusInputs, record: UnitRecord, now: dt.datetime) -> ops.StatusBase:

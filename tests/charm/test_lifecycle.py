@@ -23,6 +23,7 @@ from charm_helpers import (
 from ops import testing
 from rollingops_charm.etcd_relation import request_id
 from rollingops_charm.identity import LABEL, AppIdentity
+from rollingops_charm.worker_lifecycle import RESTART_WAIT_BOUND
 from test_protocol import changed, finish, update_etcd_queue
 from testbed.charmed_etcd import with_reply
 from testbed.pki import CertificateAuthority
@@ -35,6 +36,8 @@ from rollingops.certificates import (
 )
 from rollingops.etcd_client import EtcdClient
 from rollingops.models import OperationResult, Outcome, utcnow
+from rollingops.sync_holds import SyncHold, SyncHolds
+from rollingops.sync_holds import publish as publish_holds
 from rollingops.worker_config import WorkerConfig
 
 
@@ -305,3 +308,66 @@ def test_a_lost_lock_shows_in_status_and_reaches_the_principal(ctx, supervisor, 
     assert finished == [
         {"id": "op1", "outcome": "lock-lost", "attempts": 1, "reason": "lease revoked"}
     ]
+
+
+def _hold(tmp_path, *holders: str) -> None:
+    """What a living worker publishes while it serves these holds (this process stands in for
+    its pid: alive for the whole test)."""
+    since = utcnow()
+    holds = tuple(
+        SyncHold(holder=holder, context="command", token=7 + n, since=since)
+        for n, holder in enumerate(holders)
+    )
+    publish_holds(unit_dir(tmp_path), holds)
+
+
+def _restarts(supervisor) -> int:
+    return supervisor.calls.count(("ensure_running", True))
+
+
+def test_a_config_change_waits_for_a_running_sync_hold_and_says_so(
+    ctx, supervisor, wired, tmp_path
+):
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    _hold(tmp_path, "maintenance.sh")
+    before = _restarts(supervisor)
+    longer = dataclasses.replace(out, config={**out.config, "lease-ttl": 60})
+    out = ctx.run(ctx.on.config_changed(), longer)
+    assert _restarts(supervisor) == before, "the worker serving a hold was restarted"
+    assert out.unit_status == testing.ActiveStatus(
+        "idle (etcd, max-concurrent 1); worker restart waits for sync hold by "
+        "maintenance.sh (token 7)"
+    )
+    assert (unit_dir(tmp_path) / "restart-pending").exists(), "the worker's cue is missing"
+    _hold(tmp_path)  # the hold ended
+    out = ctx.run(ctx.on.update_status(), out)
+    assert _restarts(supervisor) == before + 1
+    assert out.unit_status == testing.ActiveStatus("idle (etcd, max-concurrent 1)")
+    assert not (unit_dir(tmp_path) / "restart-pending").exists()
+
+
+def test_a_hold_file_of_a_dead_worker_holds_nothing_back(ctx, supervisor, wired, tmp_path):
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    dead = SyncHolds(
+        worker_pid=2**22 + 1,  # above pid_max's default: no such process
+        holds=(SyncHold(holder="gone", context="hook", token=3, since=utcnow()),),
+    )
+    (unit_dir(tmp_path) / "sync-holds.json").write_text(dead.model_dump_json())
+    before = _restarts(supervisor)
+    ctx.run(ctx.on.upgrade_charm(), out)
+    assert _restarts(supervisor) == before + 1
+
+
+def test_a_waiting_restart_goes_ahead_past_the_bound(ctx, supervisor, wired, tmp_path):
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    _hold(tmp_path, "hung-script")
+    before = _restarts(supervisor)
+    out = ctx.run(ctx.on.upgrade_charm(), out)
+    assert _restarts(supervisor) == before
+    kept = out.get_stored_state("_stored", owner_path="RollingOpsCharm")
+    long_ago = utcnow() - RESTART_WAIT_BOUND - dt.timedelta(seconds=1)
+    aged = dataclasses.replace(
+        kept, content={**kept.content, "restart_waiting_since": long_ago.isoformat()}
+    )
+    out = ctx.run(ctx.on.update_status(), dataclasses.replace(out, stored_states={aged}))
+    assert _restarts(supervisor) == before + 1
