@@ -1,6 +1,6 @@
 """Keep one worker process running per unit: a systemd service, or a detached process.
 
-On a real machine the worker is a systemd service (``Restart=on-failure``) named after the unit,
+On a real machine the worker is a systemd service (``render_unit_file``) named after the unit,
 so several subordinate units on one machine never share a service, a file or a log. Where
 systemd is not running (tests, the simulator) the same worker runs as a detached process (new
 session, no inherited stdio); its PID file lives in the unit's own state directory and is only
@@ -18,9 +18,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .worker import EXIT_BAD_CONFIG
+
 SYSTEMD_DIR = Path("/etc/systemd/system")
 SYSTEMCTL = "/usr/bin/systemctl"
-_STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 15
+"""Seconds a stopping worker gets before SIGKILL, under systemd (``TimeoutStopSec``) or not.
+
+On SIGTERM the worker ends its current etcd call (at most 5 s, the worker's bound), ends
+its synchronous holds and releases its own slot (calls of 1 s each): about 9 s at worst, with
+etcd hung. A SIGKILL instead would leave its keys until the lease TTL.
+"""
+RESTART_SECONDS = 5
 
 
 def service_name(unit: str) -> str:
@@ -52,22 +61,46 @@ class WorkerCommand:
         return {"PYTHONPATH": ":".join(str(p) for p in self.python_path)}
 
 
+def _systemd_word(text: str, variables: bool = False) -> str:
+    """``text`` as one quoted word of a unit file, taken literally by systemd.
+
+    Unquoted, a space would split it; ``%`` starts a specifier, so it is doubled, and so is
+    ``$`` in ``ExecStart`` (``variables``), where it starts a variable (not in ``Environment``).
+    """
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return '"' + (escaped.replace("$", "$$") if variables else escaped) + '"'
+
+
 def render_unit_file(command: WorkerCommand) -> str:
-    """The systemd unit of one worker."""
-    env = " ".join(f'"{k}={v}"' for k, v in command.environment().items())
+    """The systemd unit of one worker, and why it restarts as it does.
+
+    - ``Restart=on-failure``: a worker that gave up on etcd (exit 3, after firing
+      ``rollingops-etcd-failed``) or crashed comes back after ``RestartSec`` and tries again;
+      one stopped by SIGTERM (exit 0: the charm stopped it) stays stopped.
+    - ``RestartPreventExitStatus``: a config or credential file it cannot use (exit 2) will not
+      become usable by itself; the charm restarts the worker when it writes new ones.
+    - ``StartLimitIntervalSec=0``: never give up for good. ``RestartSec`` already bounds the
+      rate, and a unit that hit the start limit would refuse even the charm's own ``start``.
+    - ``TimeoutStopSec``: ``STOP_TIMEOUT``, the time the worker needs to let go of the lock.
+    """
+    env = " ".join(_systemd_word(f"{k}={v}") for k, v in command.environment().items())
+    exec_start = " ".join(_systemd_word(word, variables=True) for word in command.argv())
     return "\n".join(
         [
             "[Unit]",
             f"Description=rollingops worker of {command.unit}",
+            "Wants=network-online.target",
             "After=network-online.target",
+            "StartLimitIntervalSec=0",
             "",
             "[Service]",
-            f"ExecStart={' '.join(command.argv())}",
+            f"ExecStart={exec_start}",
             f"Environment={env}",
             "Restart=on-failure",
-            "RestartSec=5",
+            f"RestartSec={RESTART_SECONDS}",
+            f"RestartPreventExitStatus={EXIT_BAD_CONFIG}",
             "KillSignal=SIGTERM",
-            "TimeoutStopSec=15",
+            f"TimeoutStopSec={STOP_TIMEOUT}",
             "",
             "[Install]",
             "WantedBy=multi-user.target",
@@ -145,7 +178,7 @@ class ProcessSupervisor:
         pid = self._running_pid()
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + _STOP_TIMEOUT
+            deadline = time.monotonic() + STOP_TIMEOUT
             while self._running_pid() == pid and time.monotonic() < deadline:
                 time.sleep(0.05)
             if self._running_pid() == pid:
