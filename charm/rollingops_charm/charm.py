@@ -27,10 +27,9 @@ from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient, EtcdError, EtcdSettings
 from rollingops.files import write_private
 from rollingops.leadership import Leadership, PeerState, lead
-from rollingops.lock_command import launcher
 from rollingops.models import utcnow
 from rollingops.store import OperationStore
-from rollingops.supervisor import Supervisor, WorkerCommand, supervisor_for
+from rollingops.supervisor import WorkerCommand
 from rollingops.worker_config import WorkerConfig
 
 from . import actions, backends, peer_relation
@@ -52,7 +51,8 @@ from .paths import UnitPaths
 from .principal import PrincipalLink, subordinate_bag
 from .status import StatusInputs, unit_status
 from .unit_record import EtcdFailure, RecordStore, UnitRecord
-from .worker_lifecycle import Situation, WorkerLifecycle, digest_of
+from .worker_lifecycle import Outcome as WorkerOutcome
+from .worker_lifecycle import WorkerLifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -224,29 +224,16 @@ class RollingOpsCharm(ops.CharmBase):
         self._drive_worker()
 
     def _drive_worker(self) -> None:
-        """Start, keep, restart, hold off or stop the worker, by ``worker_lifecycle``'s rules."""
+        """Start, keep, restart, hold off or stop the worker (``worker_lifecycle``'s rules)."""
         settings = self.etcd_settings()
         wanted = settings is not None and self.decided() is Backend.ETCD
-        digest = ""
-        if settings is not None and wanted:
-            self._write_worker_config(settings)
-            self._write_lock_command()
-            digest = digest_of(
-                (self.paths.worker_config, settings.ca_file, settings.cert_file, settings.key_file)
-            )
-        lifecycle = self._lifecycle()
         record = self.records.load()
         running = record.queue.current if record else None
-        waiting_since = str(self._stored.restart_waiting_since)
-        situation = Situation(
-            wanted=wanted,
-            running=lifecycle.running(),
-            digest=digest,
-            running_digest=str(self._stored.worker_digest),
-            busy=lifecycle.busy(running.operation.id if running else None),
-            waiting_since=dt.datetime.fromisoformat(waiting_since) if waiting_since else None,
+        outcome = self._lifecycle().drive(
+            self._worker_config(settings) if settings and wanted else None,
+            operation=running.operation.id if running else None,
+            last=self._worker_memory(),
         )
-        outcome = lifecycle.apply(situation)
         if outcome.waiting_for:
             logger.info("worker restart waits for %s", outcome.waiting_for)
         self._stored.worker_digest = outcome.running_digest
@@ -254,8 +241,16 @@ class RollingOpsCharm(ops.CharmBase):
         self._stored.restart_waiting_since = since.isoformat() if since else ""
         self._stored.restart_waiting_for = outcome.waiting_for
 
+    def _worker_memory(self) -> WorkerOutcome:
+        since = str(self._stored.restart_waiting_since)
+        return WorkerOutcome(
+            running_digest=str(self._stored.worker_digest),
+            waiting_since=dt.datetime.fromisoformat(since) if since else None,
+            waiting_for=str(self._stored.restart_waiting_for),
+        )
+
     def _lifecycle(self) -> WorkerLifecycle:
-        return WorkerLifecycle(self._supervisor(), self.paths.root)
+        return WorkerLifecycle(self._worker_command(), self.paths)
 
     def _publish_client_cas(self, identity: AppIdentity) -> None:
         """Leader: offer our client CA(s) to charmed-etcd's ``client-cas``."""
@@ -378,9 +373,10 @@ class RollingOpsCharm(ops.CharmBase):
         credential = self.credential()
         return credential.kind if credential else "none"
 
-    def _write_worker_config(self, settings: EtcdSettings) -> bool:
+    def _worker_config(self, settings: EtcdSettings) -> WorkerConfig:
+        """The worker's settings: the charm's config and etcd's, with the unit's own paths."""
         assert self.settings is not None  # noqa: S101 - settings exist when etcd settings do
-        config = WorkerConfig(
+        return WorkerConfig(
             unit=self.unit.name,
             charm_dir=self.charm_dir,
             etcd=settings.model_copy(update={"total_timeout": WORKER_ETCD_BOUND}),
@@ -390,7 +386,6 @@ class RollingOpsCharm(ops.CharmBase):
             hook_runner=_hook_runner(),
             failure_deadline=self.settings.etcd_failure_deadline,
         )
-        return write_private(self.paths.worker_config, config.model_dump_json(indent=2))
 
     def _worker_command(self) -> WorkerCommand:
         return WorkerCommand(
@@ -398,16 +393,6 @@ class RollingOpsCharm(ops.CharmBase):
             config_file=self.paths.worker_config,
             python_path=tuple(Path(p) for p in sys.path if p and Path(p).is_dir()),
         )
-
-    def _supervisor(self) -> Supervisor:
-        return supervisor_for(self._worker_command(), self.paths.root)
-
-    def _write_lock_command(self) -> None:
-        """``rollingops-lock`` for scripts on this machine, bound to this unit's socket."""
-        command = self._worker_command()
-        path = self.paths.lock_command
-        write_private(path, launcher(command.python, command.python_path, self.paths.sync_socket))
-        path.chmod(0o700)
 
     # -- the backend and the queue ------------------------------------------------------------
 

@@ -36,9 +36,14 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from rollingops.files import write_private
+from rollingops.lock_command import launcher
 from rollingops.models import utcnow
-from rollingops.supervisor import Supervisor
+from rollingops.supervisor import WorkerCommand, supervisor_for
 from rollingops.sync_holds import SyncHold, live_holds
+from rollingops.worker_config import WorkerConfig
+
+from .paths import UnitPaths
 
 RESTART_WAIT_BOUND = dt.timedelta(hours=1)
 """How long a decided restart waits for what the worker serves before it goes ahead."""
@@ -119,7 +124,7 @@ def digest_of(files: Iterable[Path]) -> str:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What this hook did with the worker, for the charm to remember."""
+    """What this hook did with the worker, for the charm to remember until the next hook."""
 
     running_digest: str
     """The digest of the worker that runs now ("" when none runs)."""
@@ -128,20 +133,48 @@ class Outcome:
     """What a waiting restart waits for ("" when none waits)."""
 
 
+NOTHING_RUNS = Outcome(running_digest="", waiting_since=None, waiting_for="")
+
+
 class WorkerLifecycle:
     """Applies the rules to one unit's worker through its supervisor."""
 
-    def __init__(self, supervisor: Supervisor, state_dir: Path) -> None:
-        self._supervisor = supervisor
-        self._state_dir = state_dir
+    def __init__(self, command: WorkerCommand, paths: UnitPaths) -> None:
+        self._command = command
+        self._paths = paths
+        self._supervisor = supervisor_for(command, paths.root)
 
     @property
     def _pending_marker(self) -> Path:
-        return self._state_dir / RESTART_PENDING_NAME
+        return self._paths.root / RESTART_PENDING_NAME
 
-    def busy(self, operation: str | None) -> Busy:
-        """What the running worker serves now (its operation, its live holds)."""
-        return Busy(operation=operation, holds=live_holds(self._state_dir))
+    def drive(self, config: WorkerConfig | None, operation: str | None, last: Outcome) -> Outcome:
+        """One hook's step: ``config`` is what the worker should run with (``None``: not at all).
+
+        ``operation`` is the id of the operation this unit runs; ``last`` what the previous
+        hook remembered.
+        """
+        digest = self._prepare(config) if config is not None else ""
+        situation = Situation(
+            wanted=config is not None,
+            running=self.running(),
+            digest=digest,
+            running_digest=last.running_digest,
+            busy=Busy(operation=operation, holds=live_holds(self._paths.root)),
+            waiting_since=last.waiting_since,
+        )
+        return self.apply(situation)
+
+    def _prepare(self, config: WorkerConfig) -> str:
+        """Write what a worker reads at start and ``rollingops-lock``; the digest of it all."""
+        paths = self._paths
+        write_private(paths.worker_config, config.model_dump_json(indent=2))
+        command = self._command
+        socket = config.sync_socket
+        write_private(paths.lock_command, launcher(command.python, command.python_path, socket))
+        paths.lock_command.chmod(0o700)
+        etcd = config.etcd
+        return digest_of((paths.worker_config, etcd.ca_file, etcd.cert_file, etcd.key_file))
 
     def apply(self, situation: Situation, now: dt.datetime | None = None) -> Outcome:
         """Take the step the rules give; what to remember of it."""
@@ -157,7 +190,7 @@ class WorkerLifecycle:
         self._pending_marker.unlink(missing_ok=True)
         if step is Step.STOP:
             self.stop()
-            return Outcome(running_digest="", waiting_since=None, waiting_for="")
+            return NOTHING_RUNS
         self._supervisor.ensure_running(restart=situation.changed)
         return Outcome(running_digest=situation.digest, waiting_since=None, waiting_for="")
 

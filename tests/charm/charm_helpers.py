@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import rollingops_charm.charm as charm_module
+import rollingops_charm.worker_lifecycle as lifecycle_module
 import yaml
 from ops import testing
 from rollingops_charm.charm import RollingOpsCharm
@@ -73,7 +73,7 @@ class FakeSupervisor:
 @pytest.fixture
 def supervisor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeSupervisor:
     fake = FakeSupervisor()
-    monkeypatch.setattr(charm_module, "supervisor_for", lambda command, state_dir: fake)
+    monkeypatch.setattr(lifecycle_module, "supervisor_for", lambda command, state_dir: fake)
     monkeypatch.setenv("ROLLINGOPS_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("ROLLINGOPS_HOOK_RUNNER", str(tmp_path / "juju-exec"))
     return fake
