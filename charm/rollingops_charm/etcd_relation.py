@@ -1,12 +1,20 @@
 """The ``etcd_client`` relation with charmed-etcd, in dpcharmlibs-interfaces' data format.
 
-We publish one request: our key prefix and the enrolment certificate (``mtls-cert``, sent in a
-Juju secret), under a request-id derived from the application, the model and the prefix, so it
-is the same in every hook, on every leader and after upgrades. charmed-etcd (dpcharmlibs'
-``ResourceProviderEventHandler`` with ``bulk_event=True``) keys users and replies by that id.
+We publish one request: our key prefix and the enrolment certificate (``mtls-cert``, in a Juju
+secret in one model, encrypted across models), under a request-id derived from the application,
+the model and the prefix, so it is the same in every hook, on every leader and after upgrades.
+charmed-etcd (dpcharmlibs' ``ResourceProviderEventHandler`` with ``bulk_event=True``) keys
+users and replies by that id.
 A new certificate is an update of the same request (charmed-etcd answers it, replacing the
 user if the CN changed). A new prefix (a cluster-id change) is a *new* request: the provider
 library refuses to change the resource of an existing one, failing its own hook.
+
+Across models (charmed-etcd offered from its own model) Juju cannot share a requirer's secret,
+so the library sends ``mtls-cert`` in our databag, Fernet-encrypted with a key charmed-etcd's
+library makes at relation-created: a secret it grants us, named in its ``encryption-secret``.
+As the library's requirer does, we name that secret in our own ``encryption-secret`` and let
+the library's ``write_model`` encrypt; until charmed-etcd's key is there we publish nothing (a
+request without a certificate fails charmed-etcd's handler for every request of the relation).
 
 Only the library's data models and repositories are used, not its requirer event handler: that
 handler raises inside relation-changed when a reply names a request it does not know (an older
@@ -33,6 +41,9 @@ from dpcharmlibs.interfaces import (
 from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
+
+ENCRYPTION_KEY_FIELD = "encryption-secret"
+"""Where each side names the secret holding the relation's Fernet key (across models)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,8 @@ class EtcdRequirer:
         relation = self.relation
         if relation is None or not self._model.unit.is_leader():
             return False
+        if not self._can_send_certificates(relation):
+            return False
         rid = request_id(self._model.app.name, self._model.uuid, prefix)
         requests = self._published(relation)
         current = next((r for r in requests if r.request_id == rid), None)
@@ -114,6 +127,24 @@ class EtcdRequirer:
             relation.id,
             RequirerDataContractV1[RequirerCommonModel](version="v1", requests=requests),
         )
+        return True
+
+    def _can_send_certificates(self, relation: ops.Relation) -> bool:
+        """Whether ``mtls-cert`` can travel now; across models, name charmed-etcd's key first.
+
+        In one model it always can. Across models it can once charmed-etcd's key is named in
+        our databag: copied from its own, as the library's requirer does; ``write_model`` then
+        encrypts with it.
+        """
+        ours = self._ours.repository(relation.id)
+        if not ours.is_cross_model_relation or ours.get_field(ENCRYPTION_KEY_FIELD):
+            return True
+        theirs = self._theirs.repository(relation.id, relation.app)
+        secret_uri = theirs.get_field(ENCRYPTION_KEY_FIELD)
+        if not secret_uri:
+            logger.info("waiting for charmed-etcd's encryption key (a cross-model relation)")
+            return False
+        ours.write_field(ENCRYPTION_KEY_FIELD, secret_uri)
         return True
 
     def _published(self, relation: ops.Relation) -> list[RequirerCommonModel]:

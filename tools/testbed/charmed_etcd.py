@@ -306,6 +306,8 @@ class CharmedEtcd:
     """Shared by the ``CharmedEtcd`` of several requirer applications on one cluster."""
     relation_id: int = ETCD_ID
     """The etcd-client relation; a re-added relation gets a new id, as in Juju."""
+    requirer_model_uuid: str | None = None
+    """The requirer's model when it is not ours: a cross-model relation (``juju consume``)."""
     state: testing.State = field(init=False)
     _seen_data: dict[str, str] = field(default_factory=dict[str, str])
 
@@ -313,6 +315,11 @@ class CharmedEtcd:
         self.deployment = self.deployment or Deployment(self.cluster)
         peers = testing.PeerRelation("etcd-peers", id=PEERS_ID)
         self.state = testing.State(leader=True, relations={peers})
+
+    @property
+    def model_uuid(self) -> str:
+        """charmed-etcd's own model: the requirer's ``remote_model_uuid`` across models."""
+        return self.state.model.uuid
 
     @property
     def world(self) -> Deployment:
@@ -345,6 +352,7 @@ class CharmedEtcd:
             local_app_data=dict(mine.local_app_data) if isinstance(mine, testing.Relation) else {},
             remote_app_data=dict(requirer.local_app_data),
             remote_units_data={0: {}},
+            remote_model_uuid=self.requirer_model_uuid,
         )
 
     def _take_secrets(self, requirer_secrets: set[testing.Secret]) -> list[testing.Secret]:
@@ -364,6 +372,16 @@ class CharmedEtcd:
                 changed.append(known[secret.id])
         self.state = dataclasses.replace(self.state, secrets=set(known.values()))
         return changed
+
+    def created(self, requirer: testing.Relation) -> tuple[dict[str, str], set[testing.Secret]]:
+        """charmed-etcd's relation-created; return what it wrote for the requirer.
+
+        Across models the provider library makes the relation's encryption key here (a secret
+        granted to the requirer, named in ``encryption-secret``); in one model it writes nothing.
+        """
+        relation = self._client_relation(requirer)
+        self._run(lambda ctx: ctx.on.relation_created(relation), relation)
+        return self.reply()
 
     def deliver(
         self, requirer: testing.Relation, requirer_secrets: set[testing.Secret]
@@ -465,6 +483,17 @@ def rollingops_context(app: str = "rollingops", unit_id: int = 0) -> testing.Con
     )
 
 
+def requirer_relation(provider: CharmedEtcd) -> testing.Relation:
+    """The ``etcd`` relation with ``provider`` as rollingops sees it."""
+    across = provider.requirer_model_uuid is not None
+    return testing.Relation(
+        "etcd",
+        id=provider.relation_id,
+        remote_app_name=ETCD_APP,
+        remote_model_uuid=provider.model_uuid if across else None,
+    )
+
+
 def connect(
     cluster: EtcdCluster,
     *,
@@ -472,24 +501,33 @@ def connect(
     model: testing.Model | None = None,
     config: dict[str, str | int] | None = None,
     provider: CharmedEtcd | None = None,
+    cross_model: bool = False,
 ) -> EtcdAnswer:
     """The rollingops leader relates to charmed-etcd: its request, the provider's reply.
 
-    One hook of the real subordinate publishes the request (identity secret, ``mtls-cert``,
-    prefix, request-id); charmed-etcd's handlers create the user and answer. What comes back is
-    what any unit of ``app`` needs to reach the cluster.
+    charmed-etcd's relation-created runs first (across models it makes the relation's
+    encryption key there). Then one hook of the real subordinate publishes the request
+    (identity secret, ``mtls-cert``, prefix, request-id); charmed-etcd's handlers create the user
+    and answer. What comes back is what any unit of ``app`` needs to reach the cluster.
+    ``cross_model`` puts charmed-etcd in a model of its own (ignored with a given ``provider``).
     """
     model = model or testing.Model()
     config = {"cluster-id": cluster_id(cluster), **(config or {})}
-    provider = provider or CharmedEtcd(cluster, requirer_app=app)
-    relation = testing.Relation("etcd", id=ETCD_ID, remote_app_name=ETCD_APP)
+    provider = provider or CharmedEtcd(
+        cluster, requirer_app=app, requirer_model_uuid=model.uuid if cross_model else None
+    )
+    relation = requirer_relation(provider)
+    created, provider_secrets = provider.created(relation)
+    relation = dataclasses.replace(relation, remote_app_data=created)
     ctx = rollingops_context(app)
-    state = testing.State(leader=True, relations={relation}, config=config, model=model)
+    state = testing.State(
+        leader=True, relations={relation}, config=config, model=model, secrets=provider_secrets
+    )
     with _state_dir():
         out = ctx.run(ctx.on.relation_joined(relation), state)
-    ours = out.get_relation(ETCD_ID)
+    ours = out.get_relation(provider.relation_id)
     assert isinstance(ours, testing.Relation)
-    reply, provider_secrets = provider.deliver(ours, _granted(out, ETCD_ID))
+    reply, provider_secrets = provider.deliver(ours, _granted(out, provider.relation_id))
     answered = dataclasses.replace(ours, remote_app_data=reply)
     return EtcdAnswer(answered, tuple(_owned(out) | provider_secrets), config, model, provider)
 
