@@ -11,11 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from charm_helpers import peer, read_content
+from charm_helpers import EtcdWiring, peer, read_content, unit_dir
 from ops import testing
 from rollingops_charm.etcd_relation import request_id
 from rollingops_charm.identity import LABEL, client_cn
-from test_etcd_handshake import connected, round_trip, worker_settings
+from test_etcd_handshake import (
+    connected,
+    renew_enrolment_soon,
+    round_trip,
+    with_client_ca,
+    worker_settings,
+)
 from testbed.charmed_etcd import (
     ETCD_ID,
     CharmedEtcd,
@@ -98,3 +104,26 @@ def test_a_cluster_id_change_across_models_moves_to_the_new_user(
     settings = worker_settings(tmp_path)
     assert settings.prefix == "/rollingops/moved/"
     assert round_trip(settings, "moved", b"1") == b"1"
+
+
+def test_across_models_own_leaves_ride_through_an_enrolment_renewal_charmed_etcd_misses(
+    ctx, supervisor, etcd: EtcdCluster, tmp_path
+):
+    """charmed-etcd's bulk handler skips a request whose user exists with the same CN, and
+    across models no secret-changed tells it of a renewed ``mtls-cert``: the renewed enrolment
+    leaf is not pinned. Units on their own leaves (``client-cas``) do not need it."""
+    given = connect(etcd, cross_model=True)
+    wired = EtcdWiring(
+        etcd, given.relation, list(given.secrets), given.config, given.model, given.provider
+    )
+    out = with_client_ca(ctx, wired)
+    own_leaf = (unit_dir(tmp_path) / "unit.pem").read_text()
+    assert worker_settings(tmp_path).cert_file.read_text() == own_leaf
+    out = ctx.run(ctx.on.update_status(), renew_enrolment_soon(out))
+    renewed = read_content(out.get_secret(label=LABEL)).enrolment.cert_pem
+    out = relay(out, given.provider)
+    assert renewed not in given.provider.world.pinned["rollingops"]
+    out = ctx.run(ctx.on.update_status(), out)
+    assert worker_settings(tmp_path).cert_file.read_text() == own_leaf
+    assert out.unit_status == ON_ETCD
+    assert round_trip(worker_settings(tmp_path), "own-leaf", b"1") == b"1"
