@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import ops
 from pydantic import JsonValue, ValidationError
 
+from rollingops import etcd_versions
 from rollingops.command import to_argv
 from rollingops.etcd_client import EtcdError
 from rollingops.models import Claim, CompletedOperation, Operation, utcnow
@@ -41,6 +42,8 @@ class ActionContext:
     credentials: str
     worker_events: Callable[[], list[str]]
     """The worker's last events, a sentence each with its ISO time."""
+    etcd_version: Callable[[], str] = lambda: ""
+    """etcd's release as the worker read it at its start (``etcd_versions``); "" if unknown."""
 
 
 def _indexed_lines(lines: list[str]) -> dict[str, str]:
@@ -108,6 +111,7 @@ def lock_status(context: ActionContext, event: ops.ActionEvent) -> None:
     }
     if events := context.worker_events():
         results["worker-events"] = _indexed_lines(events)
+    results |= _etcd_version_results(context.etcd_version())
     try:
         view = context.backend.domain()
         queue = context.backend.live_queue(record)
@@ -121,6 +125,17 @@ def lock_status(context: ActionContext, event: ops.ActionEvent) -> None:
         **({"running": _grant_summary(queue.current)} if queue.current else {}),
     }
     event.set_results(results | _domain_results(view, context.unit))
+
+
+def _etcd_version_results(version: str) -> dict[str, Any]:
+    """The etcd release the worker read, and its known bugs with the release fixing each."""
+    if not version:
+        return {}
+    warnings = etcd_versions.warnings(version)
+    return {
+        "etcd-version": version,
+        **({"etcd-known-bugs": _indexed_lines(warnings)} if warnings else {}),
+    }
 
 
 def _domain_results(view: DomainView, unit: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import ops
 from charmlibs.interfaces.certificate_transfer import CertificateTransferProvides
 
-from rollingops import worker_log
+from rollingops import etcd_versions, worker_log
 from rollingops.backend_choice import Backend
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient, EtcdError, EtcdSettings
@@ -563,6 +563,7 @@ class RollingOpsCharm(ops.CharmBase):
             backend_since=state.decision.since if state.decision else None,
             pause=state.pause if state.backend is Backend.PEER else None,
             restart_waits_for=str(self._stored.restart_waiting_for),
+            etcd_version=etcd_versions.observed(self.paths.root),
         )
         event.add_status(unit_status(inputs))
 
@@ -574,6 +575,7 @@ class RollingOpsCharm(ops.CharmBase):
             worker_running=self.worker_running,
             credentials=self.credential_mode(),
             worker_events=lambda: worker_log.last(self.paths.worker_log, RECENT_EVENTS),
+            etcd_version=lambda: etcd_versions.observed(self.paths.root),
         )
 
     def _on_action(self, event: ops.ActionEvent) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import ops
 
+from rollingops import etcd_versions
 from rollingops.backend_choice import Backend
 from rollingops.control import Pause
 from rollingops.models import OperationResult, Outcome, UnitQueue, utcnow
@@ -32,6 +33,8 @@ class StatusInputs:
     """The domain's pause, where the unit knows it without a request (the peer backend)."""
     restart_waits_for: str = ""
     """What a decided worker restart waits for (``worker_lifecycle``); "" when none waits."""
+    etcd_version: str = ""
+    """etcd's release as the worker read it at its start (``etcd_versions``); "" if unknown."""
 
 
 def unit_status(inputs: StatusInputs, now: dt.datetime | None = None) -> ops.StatusBase:
@@ -53,7 +56,7 @@ def unit_status(inputs: StatusInputs, now: dt.datetime | None = None) -> ops.Sta
     activity = _activity(record, inputs.max_concurrent, now, "etcd")
     if inputs.restart_waits_for:
         activity += f"; worker restart waits for {inputs.restart_waits_for}"
-    return ops.ActiveStatus(activity)
+    return ops.ActiveStatus("; ".join([activity, *etcd_versions.warnings(inputs.etcd_version)]))
 
 
 def _off_etcd(inputs: StatusInputs, record: UnitRecord, now: dt.datetime) -> ops.StatusBase:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import etcd_versions
 from .control import DomainControl, GrantState, Pause
 from .etcd_client import EtcdClient, EtcdError
 from .hook_runner import HookFailedError, HookRunner
@@ -127,6 +128,7 @@ class Worker:
         unreachable_since: float | None = None
         try:
             self._start_sync()
+            self._note_etcd_version()
             while not self.stop.is_set():
                 try:
                     self._step()
@@ -509,6 +511,20 @@ class Worker:
             self.sync.start()
         except OSError as error:
             record("sync-socket-failed", socket=str(self.config.sync_socket), error=str(error))
+
+    def _note_etcd_version(self) -> None:
+        """Publish etcd's release for the charm (``etcd_versions``): read once, at start.
+
+        Known-bad releases are worth a note, not a stop: a failure here is only logged, and
+        the loop then finds out about etcd by itself.
+        """
+        try:
+            version = self.client.server_version()
+            etcd_versions.publish(self.config.state_dir, version)
+        except (EtcdError, OSError) as error:
+            record("etcd-version-unknown", error=str(error))
+            return
+        record("etcd-version", version=version, warnings=etcd_versions.warnings(version))
 
     def _unanswered_hold(self) -> str | None:
         """What this worker holds the lock for while its principal has not answered, if any.
