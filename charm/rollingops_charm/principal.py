@@ -96,6 +96,7 @@ def subordinate_bag(
                 token=grant.token,
                 granted_at=grant.granted_at,
                 backend="peer" if backend is Backend.PEER else "etcd",
+                rerun=grant.rerun,
             )
     # The operator's run-exclusive operations share the queue but are not the principal's:
     # it is told nothing of them, so it has no id to forge a result for.

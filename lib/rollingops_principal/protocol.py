@@ -137,6 +137,11 @@ class Grant(_Reported):
     token: int
     granted_at: dt.datetime
     backend: BackendName
+    rerun: bool = False
+    """This attempt was granted before, to a subordinate worker that died before the result
+    came, so its callback may have run already, wholly or in part (at-least-once). Added in v1
+    (additive: an older subordinate never writes it, so a grant without it is a first grant;
+    an older principal ignores it)."""
 
 
 class Rejection(_Reported):

@@ -125,6 +125,10 @@ class Claim(_Document):
     granted_at: AwareDatetime
     result: OperationResult | None = None
     """Set when the principal reports; the worker acts on it and clears the claim."""
+    rerun: bool = False
+    """This attempt was granted before, to a worker that died before its result came
+    (``UnitQueue.regrant``): its callback may have run already, wholly or in part. A re-run
+    after a crash is at-least-once by nature; the principal is told, so that it can check."""
 
 
 class CompletedOperation(_Document):
@@ -238,12 +242,14 @@ class UnitQueue(_Document):
     def regrant(self, token: int, now: dt.datetime) -> UnitQueue:
         """Hand the running operation a new token after the lock was re-acquired for it.
 
-        A worker that restarts while an operation runs takes the lock again before anything else
-        happens in the domain; the attempt is not counted twice.
+        A worker that restarts while an operation runs takes the lock again for it and fires
+        its hook again. The attempt is not counted twice (``max-retry`` counts the principal's
+        answers, and a crash is none), but the claim says ``rerun``: the first grant's callback
+        may have started, even finished, before the crash, and only the principal can tell.
         """
         if self.current is None:
             raise ValueError("no operation is running")
-        again = self.current.model_copy(update={"token": token, "granted_at": now})
+        again = self.current.model_copy(update={"token": token, "granted_at": now, "rerun": True})
         highest = max(self.highest_token, token)
         return self.model_copy(update={"current": again, "highest_token": highest})
 

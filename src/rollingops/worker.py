@@ -202,8 +202,16 @@ class Worker:
                 self._lose_slot("claim", "waiter key gone (lease revoked or expired)")
             return  # otherwise a pause or a floor raise came in between: read the domain again
         assert snapshot.queue.current is not None  # noqa: S101 - just written
-        op = snapshot.queue.current.operation
-        record("granted", op=op.id, callback=op.callback, attempt=op.attempt, token=token)
+        claim = snapshot.queue.current
+        op = claim.operation
+        record(
+            "granted",
+            op=op.id,
+            callback=op.callback,
+            attempt=op.attempt,
+            token=token,
+            rerun=claim.rerun,  # a restart granted this attempt again: it may have run already
+        )
         self._run_granted(op.id)
 
     def _finish(self, snapshot: QueueSnapshot) -> None:

@@ -273,11 +273,20 @@ class ChaosRun:
         return self._report(drained_in)
 
     def _drain(self) -> None:
-        deadline = time.monotonic() + self.config.drain_timeout
+        """Wait for every queue to empty; give up after ``drain_timeout`` without progress.
+
+        A stuck lock is one under which nothing ends any more, not a slow one: on a loaded
+        machine every operation costs seconds of process start-up (CI, other tests running).
+        """
+        left, deadline = None, time.monotonic() + self.config.drain_timeout
         while time.monotonic() < deadline:
             self._restart_exited()
-            if not any(queue.has_work for queue in self._queues().values()):
+            queues = self._queues().values()
+            now_left = sum(len(q.pending) + (q.current is not None) for q in queues)
+            if not now_left:
                 return
+            if left is None or now_left < left:
+                left, deadline = now_left, time.monotonic() + self.config.drain_timeout
             time.sleep(0.5)
 
     def _queues(self) -> dict[str, Any]:
@@ -290,12 +299,14 @@ class ChaosRun:
         for queue in queues.values():
             for entry in queue.history:
                 outcomes.setdefault(entry.id, []).append(entry.outcome.value)
+        kills = self._kills()
         verdict = judge(
-            holds(self.farm.records(), self._kills()),
+            holds(self.farm.records(), kills, self._grants()),
             self.config.capacity,
             self._lock_losses(),
             self.requested,
             outcomes,
+            kills=kills,
         )
         return ChaosReport(
             self.config,
@@ -306,6 +317,16 @@ class ChaosRun:
             drained_in,
             self.restarts,
         )
+
+    def _grants(self) -> dict[tuple[str, str, int, int], list[float]]:
+        """When each worker granted (unit, op, attempt, token), from its log."""
+        grants: dict[tuple[str, str, int, int], list[float]] = {}
+        for unit in self.units:
+            for line in self.farm.log(unit):
+                if line["event"] == "granted":
+                    key = (unit, line["op"], line["attempt"], line["token"])
+                    grants.setdefault(key, []).append(float(line["ts"]))
+        return grants
 
     def _lock_losses(self) -> dict[str, list[float]]:
         losses: dict[str, list[float]] = {}
@@ -329,8 +350,15 @@ class ChaosRun:
         self.farm.stop_all()
 
 
-def holds(records: list[dict[str, Any]], kills: dict[str, list[float]]) -> list[Hold]:
-    """Pair the fake charm's start and end records; a killed callback ends at its kill."""
+def holds(
+    records: list[dict[str, Any]],
+    kills: dict[str, list[float]],
+    grants: dict[tuple[str, str, int, int], list[float]],
+) -> list[Hold]:
+    """Pair the fake charm's start and end records; a killed callback ends at its kill.
+
+    Each hold is dated from its worker's last ``granted`` of that key before it started.
+    """
     ends = {
         (r["unit"], r["op"], r["attempt"], r["token"]): float(r["ts"])
         for r in records
@@ -344,5 +372,6 @@ def holds(records: list[dict[str, Any]], kills: dict[str, list[float]]) -> list[
         if end is None:
             after = [ts for ts in kills.get(record["unit"], []) if ts >= start]
             end = min(after) if after else float("inf")
-        found.append(Hold(key[0], key[1], key[2], key[3], start, end))
+        granted = max((ts for ts in grants.get(key, []) if ts <= start), default=None)
+        found.append(Hold(*key, start, end, rerun=record["rerun"], granted=granted))
     return found

@@ -6,20 +6,28 @@ own with made-up histories (``test_checker.py``) before it judges real runs.
 - A **hold** is one run of an operation's callback: unit, op, attempt, token, start and end.
 - Two holds **overlap** when both ran at one instant with k already running. An overlap is
   **excused** when the holder with the older fencing token lost its lock and was told so (its
-  worker logged ``lock-lost``), whichever of the two started first: the protected resource,
-  having seen the newer token, can refuse it. A holder that started late with an old token is
-  the process paused after its claim that no lock service can stop (docs/reliability.md).
+  worker logged ``lock-lost`` after granting that hold), whichever of the two started first:
+  the protected resource, having seen the newer token, can refuse it. A holder that started late
+  with an old token is the process paused after its claim that no lock service can stop
+  (docs/reliability.md); its worker may learn of the loss before the callback even starts, the
+  hook being on its way already.
   Anything else is a **violation**.
 - Tokens must strictly increase in grant order within the domain, except for such a stale
   holder that was told it lost its lock.
 - Every requested op must end exactly once (an outcome in its unit's history), and never start
-  twice for the same attempt unless the first run lost its lock.
+  twice for the same attempt, with two exceptions: the earlier run lost its lock (its worker
+  logged ``lock-lost``), or its worker was killed after it began and the later run is that
+  unit's re-grant after the restart, marked ``rerun`` by the worker, under a higher token. A
+  re-run after a crash is at-least-once by nature (docs/engine.md): the principal is told, so
+  the checker accepts it only when it was told.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,16 @@ class Hold:
     token: int
     start: float
     end: float
+    rerun: bool = False
+    """The grant said this attempt was granted before (a restarted worker's re-grant)."""
+    granted: float | None = None
+    """When its worker granted it (logged ``granted``, then fired the hook), if known."""
+
+    @property
+    def claimed(self) -> float:
+        """Since when a ``lock-lost`` of its worker is about this hold: its grant, or its start
+        when the grant's time is not known."""
+        return self.start if self.granted is None else self.granted
 
 
 @dataclass(frozen=True)
@@ -58,8 +76,8 @@ class Verdict:
 
 
 def _lost_lock(hold: Hold, lock_lost: dict[str, list[float]]) -> bool:
-    """Whether the holder's worker said it lost the lock at or after the hold began."""
-    return any(ts >= hold.start for ts in lock_lost.get(hold.unit, []))
+    """Whether the holder's worker said it lost the lock at or after it granted the hold."""
+    return any(ts >= hold.claimed for ts in lock_lost.get(hold.unit, []))
 
 
 def overlaps(
@@ -109,10 +127,13 @@ def judge(
     lock_lost: dict[str, list[float]],
     requested: set[str],
     outcomes: dict[str, list[str]],
+    *,
+    kills: Mapping[str, Sequence[float]],
 ) -> Verdict:
     """The verdict on one run.
 
-    ``requested``: every op id asked for; ``outcomes``: op id -> outcomes found in histories.
+    ``requested``: every op id asked for; ``outcomes``: op id -> outcomes found in histories;
+    ``kills``: unit -> times its worker was SIGKILLed.
     """
     excused, violations = overlaps(holds, capacity, lock_lost)
     lost = sorted(op for op in requested if not outcomes.get(op))
@@ -121,7 +142,7 @@ def judge(
     repeated = [
         f"{op} attempt {attempt} started {count} times"
         for (op, attempt), count in starts.items()
-        if count > 1 and not _excused_repeat(op, holds, lock_lost)
+        if count > 1 and not _excused_repeat(op, attempt, holds, lock_lost, kills)
     ]
     return Verdict(
         holds=len(holds),
@@ -133,7 +154,28 @@ def judge(
     )
 
 
-def _excused_repeat(op: str, holds: list[Hold], lock_lost: dict[str, list[float]]) -> bool:
-    """A second start is fine only if every earlier run of the op lost its lock."""
-    runs = sorted((h for h in holds if h.op == op), key=lambda h: h.start)
-    return all(_lost_lock(h, lock_lost) for h in runs[:-1])
+def _excused_repeat(
+    op: str,
+    attempt: int,
+    holds: list[Hold],
+    lock_lost: dict[str, list[float]],
+    kills: Mapping[str, Sequence[float]],
+) -> bool:
+    """Whether each run of the attempt but the last could be run again: it lost its lock, or
+    the next run is the told re-run after its worker was killed."""
+    runs = sorted((h for h in holds if (h.op, h.attempt) == (op, attempt)), key=lambda h: h.start)
+    return all(
+        _lost_lock(earlier, lock_lost) or _rerun_after_kill(earlier, later, kills)
+        for earlier, later in pairwise(runs)
+    )
+
+
+def _rerun_after_kill(earlier: Hold, later: Hold, kills: Mapping[str, Sequence[float]]) -> bool:
+    """``later`` is the re-grant of ``earlier``'s attempt by its unit's restarted worker.
+
+    The worker was killed after ``earlier`` began and before ``later`` did (so before the
+    result reached etcd: a result that did is applied, not re-granted), and the re-grant says
+    ``rerun`` under a newer token.
+    """
+    killed = any(earlier.start <= ts <= later.start for ts in kills.get(earlier.unit, ()))
+    return killed and later.rerun and later.unit == earlier.unit and later.token > earlier.token

@@ -13,7 +13,8 @@ def hold(unit: str, op: str, token: int, start: float, end: float, attempt: int 
 
 def test_sequential_holds_pass():
     holds = [hold("a", "1", 1, 0, 1), hold("b", "2", 2, 1, 2), hold("a", "3", 3, 2.5, 3)]
-    verdict = judge(holds, 1, {}, {"1", "2", "3"}, {"1": ["done"], "2": ["done"], "3": ["done"]})
+    outcomes = {"1": ["done"], "2": ["done"], "3": ["done"]}
+    verdict = judge(holds, 1, {}, {"1", "2", "3"}, outcomes, kills={})
     assert verdict.ok, verdict.summary()
 
 
@@ -44,7 +45,7 @@ def test_k_holders_may_overlap_but_not_k_plus_one():
 
 def test_lost_and_doubled_operations_are_counted():
     holds = [hold("a", "1", 1, 0, 1), hold("a", "1", 2, 2, 3)]
-    verdict = judge(holds, 1, {}, {"1", "2"}, {"1": ["done", "done"]})
+    verdict = judge(holds, 1, {}, {"1", "2"}, {"1": ["done", "done"]}, kills={})
     assert verdict.lost == ["2"]
     assert "1" in verdict.doubled
     assert not verdict.ok
@@ -52,8 +53,51 @@ def test_lost_and_doubled_operations_are_counted():
 
 def test_a_rerun_after_a_lost_lock_is_not_doubled():
     holds = [hold("a", "1", 1, 0, 1), hold("a", "1", 2, 2, 3)]
-    verdict = judge(holds, 1, {"a": [0.5]}, {"1"}, {"1": ["done"]})
+    verdict = judge(holds, 1, {"a": [0.5]}, {"1"}, {"1": ["done"]}, kills={})
     assert verdict.doubled == []
+
+
+def rerun_history(
+    *, marked: bool = True, killed_at: float = 1.0, unit: str = "a", token: int = 91
+) -> list[Hold]:
+    """CI's seed 20261129: app/4's worker SIGKILLed while op4 ran (token 38, never ended);
+    the restarted worker granted op4 attempt 1 again under token 91."""
+    killed = Hold("a", "op4", 1, 38, 0.0, killed_at)
+    again = Hold(unit, "op4", 1, token, 5.0, 6.0, rerun=marked)
+    return [killed, again]
+
+
+def judged_rerun(holds: list[Hold], kills: dict[str, list[float]]) -> list[str]:
+    return judge(holds, 1, {}, {"op4"}, {"op4": ["done"]}, kills=kills).doubled
+
+
+def test_a_told_rerun_after_a_kill_during_the_callback_is_not_doubled():
+    assert judged_rerun(rerun_history(), {"a": [1.0]}) == []
+
+
+@given(
+    marked=st.booleans(),
+    kill=st.sampled_from(["during", "before-start", "after-rerun", "other-unit", "none"]),
+    same_unit=st.booleans(),
+    newer_token=st.booleans(),
+)
+def test_a_second_start_is_excused_only_when_killed_told_and_newer(
+    marked, kill, same_unit, newer_token
+):
+    """Without the marking, without a kill between the two runs (of that very unit), on
+    another unit or under an older token, the second start is a run twice."""
+    kills = {
+        "during": {"a": [1.0]},
+        "before-start": {"a": [-1.0]},
+        "after-rerun": {"a": [5.5]},
+        "other-unit": {"b": [1.0]},
+        "none": {},
+    }[kill]
+    holds = rerun_history(
+        marked=marked, unit="a" if same_unit else "b", token=91 if newer_token else 30
+    )
+    excused = marked and kill == "during" and same_unit and newer_token
+    assert (judged_rerun(holds, kills) == []) is excused
 
 
 def test_token_regressions_are_found():
@@ -74,6 +118,19 @@ def test_a_late_start_with_an_older_token_is_excused_only_if_told_of_its_loss():
     assert overlaps(newer, 1, {"b": [1.5]})[1], "a newer token is never excused"
 
 
+def test_a_stale_holder_told_after_its_grant_but_before_its_start_is_excused():
+    """Chaos seed 1 on a loaded machine: app/1 granted op19 (token 185), was paused, learnt
+    its loss 5.6 s before its hook, already on its way, started the callback, after app/5's
+    token 204. The resource refuses 185; the worker was told of the loss of that grant."""
+    newer = Hold("app/5", "op9", 1, 204, 0.0, 0.2)
+    stale = Hold("app/1", "op19", 1, 185, 0.04, 0.3, granted=-10.8)
+    assert overlaps([newer, stale], 1, {"app/1": [-5.6]}) == ([(stale, newer)], [])
+    assert token_regressions([newer, stale], {"app/1": [-5.6]}) == []
+    told_before_its_grant = {"app/1": [-11.0]}
+    assert overlaps([newer, stale], 1, told_before_its_grant)[1]
+    assert token_regressions([newer, stale], told_before_its_grant)
+
+
 @given(st.lists(st.floats(min_value=0.01, max_value=5), min_size=1, max_size=20))
 def test_any_back_to_back_schedule_with_rising_tokens_passes(durations):
     holds, clock = [], 0.0
@@ -81,7 +138,7 @@ def test_any_back_to_back_schedule_with_rising_tokens_passes(durations):
         holds.append(hold(f"u{index % 3}", str(index), index + 1, clock, clock + duration))
         clock += duration
     ops = {str(i) for i in range(len(durations))}
-    verdict = judge(holds, 1, {}, ops, {op: ["done"] for op in ops})
+    verdict = judge(holds, 1, {}, ops, {op: ["done"] for op in ops}, kills={})
     assert verdict.ok, verdict.summary()
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from rollingops_principal import PrincipalBag, Request, Result, SubordinateBag, SubordinateState
-from rollingops_principal.protocol import MAX_LISTED, Grant
+from rollingops_principal.protocol import MAX_LISTED, Grant, _Reported
 
 NOW = "2026-11-25T10:00:00+00:00"
 
@@ -151,3 +151,35 @@ def test_a_finished_outcome_from_a_newer_subordinate_is_left_out_not_fatal():
     }
     bag = SubordinateBag.from_databag(data)
     assert [f.id for f in bag.finished] == ["op2"]
+
+
+class _GrantOfAnOlderReader(_Reported):
+    """``Grant`` as a principal library from before ``rerun`` reads it."""
+
+    id: str
+    callback: str
+    kwargs: dict[str, Any]
+    attempt: int
+    token: int
+    granted_at: dt.datetime
+    backend: str
+
+
+def test_rerun_is_additive_in_both_directions():
+    older_subordinate = {
+        "id": "a",
+        "callback": "restart",
+        "kwargs": {},
+        "attempt": 1,
+        "token": 9,
+        "granted-at": NOW,
+        "backend": "etcd",
+    }
+    assert Grant.model_validate(older_subordinate).rerun is False, "no mark: a first grant"
+    rerun = Grant.model_validate(older_subordinate | {"rerun": True})
+    assert rerun.dump()["rerun"] is True
+    assert _GrantOfAnOlderReader.model_validate(rerun.dump()).token == 9
+    data = SubordinateBag(
+        granted=rerun, state=SubordinateState(backend="etcd", status="granted")
+    ).to_databag()
+    assert SubordinateBag.from_databag(data).granted == rerun

@@ -69,6 +69,7 @@ def play_charm(unit: str) -> int:
             op=op.id,
             token=grant.token,
             attempt=op.attempt,
+            rerun=grant.rerun,
             kwargs=op.kwargs,
         )
         time.sleep(float(op.kwargs.get("hold", 0)))  # type: ignore[arg-type]
