@@ -12,6 +12,18 @@ it, the registered callback runs in that ``relation-changed`` hook and its retur
 named in ``events`` instead emits ``on.lock_granted``, and the charm calls ``finish`` when it is
 done (in that hook or a later one).
 
+Only an operation this unit requested and has not finished is run. A grant of anything else
+(an id it never requested or already answered ``release``, or another callback than the one
+requested) is logged as a warning and answered ``release``, the one answer every subordinate
+ends an operation with, so the lock moves on; nothing of this charm runs for it.
+
+A grant is delivered at least once per attempt, not exactly once: if the subordinate's worker
+dies while the callback runs, the restarted worker grants the same attempt again, under a new
+token and marked ``rerun``. This unit runs it again unless it already answered that attempt.
+A callback that cannot safely run twice names a ``rerun`` parameter (or reads
+``LockGrantedEvent.rerun``) and checks what the first run left behind; the simplest callback
+is one that is idempotent.
+
 The subordinate rewrites its databag only when the principal has something to act on (a grant,
 a rejection, an operation that ended other than ``done``): that keeps an operation at 5 hooks,
 but its ``state`` can be stale (``idle`` while a request it took waits, ``granted`` after this
@@ -100,6 +112,7 @@ class LockGrantedEvent(ops.EventBase):
         kwargs: dict[str, Any],
         attempt: int,
         token: int,
+        rerun: bool = False,
     ) -> None:
         super().__init__(handle)
         self.op_id = op_id
@@ -108,6 +121,10 @@ class LockGrantedEvent(ops.EventBase):
         self.attempt = attempt
         self.token = token
         """Fencing token: strictly increasing per lock domain; let your resource check it."""
+        self.rerun = rerun
+        """This attempt was granted before and the subordinate's worker died before it was
+        answered: the work may have started, even finished. Check what it left, or be
+        idempotent."""
 
     def snapshot(self) -> dict[str, Any]:
         """What ops stores if the event is deferred."""
@@ -117,6 +134,7 @@ class LockGrantedEvent(ops.EventBase):
             "kwargs": self.kwargs,
             "attempt": self.attempt,
             "token": self.token,
+            "rerun": self.rerun,
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -126,10 +144,15 @@ class LockGrantedEvent(ops.EventBase):
         self.kwargs = snapshot["kwargs"]
         self.attempt = snapshot["attempt"]
         self.token = snapshot["token"]
+        self.rerun = snapshot.get("rerun", False)  # deferred by a library without it
 
 
 TOKEN_ARGUMENT = "token"  # noqa: S105 - a parameter name, not a secret
 """The keyword under which a callback that asks for it receives the grant's fencing token."""
+RERUN_ARGUMENT = "rerun"
+"""The keyword under which a callback that asks for it learns whether its grant is a re-run."""
+GRANT_ARGUMENTS = {TOKEN_ARGUMENT: "the fencing token", RERUN_ARGUMENT: "the re-run flag"}
+"""What a callback receives from its grant when it names the parameter, and what it is."""
 
 
 class LockLostEvent(ops.EventBase):
@@ -375,11 +398,12 @@ class RollingOps(ops.Object):
                 "(RollingOps callbacks= and events=)"
             )
         target = self._callbacks.get(callback)
-        if target is not None and TOKEN_ARGUMENT in (kwargs or {}) and _takes_token(target):
-            raise RollingOpsError(
-                f"kwargs may not use {TOKEN_ARGUMENT!r}: callback {callback!r} receives the "
-                "fencing token under that name"
-            )
+        for name, what in GRANT_ARGUMENTS.items():
+            if target is not None and name in (kwargs or {}) and _takes(target, name):
+                raise RollingOpsError(
+                    f"kwargs may not use {name!r}: callback {callback!r} receives {what} "
+                    "under that name"
+                )
 
     def _unsent(self) -> list[dict[str, Any]]:
         """Requests made before the relation existed, oldest first (stored as JSON text)."""
@@ -546,12 +570,30 @@ class RollingOps(ops.Object):
             self._stored.answered = [a for a in answered if a[0] not in over]
 
     def _deliver(self, grant: Grant) -> None:
-        """Run (or announce) a grant once per attempt."""
+        """Run (or announce) a grant of ours once per attempt; refuse any other.
+
+        Once per attempt as this unit knows it: a re-run (``grant.rerun``) of an attempt whose
+        hook here ran to its end is not run again, its answer is already in our bag. A hook
+        that died midway stored nothing, so the re-run is delivered, marked as such.
+        """
         key = f"{grant.id}/{grant.attempt}"
         delivered: list[str] = list(self._stored.delivered)  # type: ignore[reportUnknownArgumentType]
         if key in delivered:
             return
         self._stored.delivered = [*delivered[-63:], key]
+        refusal = self._refusal(grant)
+        if refusal:
+            logger.warning(
+                "rollingops granted %s (callback %r, attempt %d, token %d), but %s: not run, "
+                "answered 'release' so that the lock moves on",
+                grant.id,
+                grant.callback,
+                grant.attempt,
+                grant.token,
+                refusal,
+            )
+            self.finish(grant.id, LockResult.RELEASE)
+            return
         callback = self._callbacks.get(grant.callback)
         if callback is None:
             self.on.lock_granted.emit(
@@ -560,17 +602,35 @@ class RollingOps(ops.Object):
                 kwargs=dict(grant.kwargs),
                 attempt=grant.attempt,
                 token=grant.token,
+                rerun=grant.rerun,
             )
             return
+        offered = {TOKEN_ARGUMENT: grant.token, RERUN_ARGUMENT: grant.rerun}
         arguments = dict(grant.kwargs)
-        if _takes_token(callback):
-            arguments[TOKEN_ARGUMENT] = grant.token
+        arguments.update(
+            {name: value for name, value in offered.items() if _takes(callback, name)}
+        )
         try:
             returned = callback(**arguments)
         except Exception:
             logger.exception("rollingops callback %s failed: retry-release", grant.callback)
             returned = LockResult.RETRY_RELEASE
         self.finish(grant.id, _result_of(grant.callback, returned))
+
+    def _refusal(self, grant: Grant) -> str:
+        """Why ``grant`` is not ours to run, or ``""`` when it is.
+
+        Ours: requested by this unit for that callback (what it requested is remembered until
+        the operation is over) and not answered ``release`` already, whatever the attempt.
+        """
+        requested: dict[str, str] = dict(self._stored.requested)  # type: ignore[reportUnknownArgumentType]
+        if grant.id not in requested:
+            return "this unit did not request it, or it is over"
+        if requested[grant.id] != grant.callback:
+            return f"this unit requested it for callback {requested[grant.id]!r}"
+        if any(op_id == grant.id and r in TERMINAL for op_id, _, r in self._answered()):
+            return "this unit already answered it 'release'"
+        return ""
 
 
 def _result_of(callback: str, returned: object) -> LockResult:
@@ -598,17 +658,18 @@ def _over(view: SubordinateBag) -> set[str]:
     return {r.id for r in view.rejected} | {f.id for f in view.finished}
 
 
-def _takes_token(callback: Callback) -> bool:
-    """Whether the callback names a ``token`` parameter: it then gets the fencing token.
+def _takes(callback: Callback, name: str) -> bool:
+    """Whether the callback names the parameter ``name`` (``GRANT_ARGUMENTS``): it gets it.
 
-    A callback that protects a resource able to refuse stale holders should pass the token on;
-    one that does not name it is called with the request's kwargs alone, as before.
+    A callback that protects a resource able to refuse stale holders should take ``token`` and
+    pass it on; one that cannot run twice safely takes ``rerun``. One that names neither is
+    called with the request's kwargs alone, as before.
     """
     try:
         parameters = inspect.signature(callback).parameters
     except (TypeError, ValueError):
         return False
-    return TOKEN_ARGUMENT in parameters
+    return name in parameters
 
 
 def _hook_name() -> str:

@@ -3,9 +3,14 @@
     from ops import testing
     from rollingops_principal.testing import granted_relation, requests_of, results_of
 
-    rel = granted_relation("op-1", "restart", {"reason": "config"}, token=7)
-    out = ctx.run(ctx.on.relation_changed(rel), testing.State(relations={rel}))
+    (request,) = requests_of(state)  # after the hook in which the charm called request()
+    mine = state.get_relations("rollingops")[0].local_unit_data
+    rel = granted_relation(request.id, "restart", request.kwargs, token=7, local=mine)
+    out = ctx.run(ctx.on.relation_changed(rel), dataclasses.replace(state, relations={rel}))
     assert results_of(out)[0].result == "release"
+
+The library runs only what this unit requested (it remembers that in its stored state), so a
+test grants what its charm requested in an earlier ``ctx.run``, in the state that run returned.
 
 The bags are built with the protocol's own models (``SubordinateBag.to_databag``), the same
 code the subordinate publishes with, so a test sees exactly what a real subordinate writes.
@@ -86,12 +91,17 @@ def granted_relation(
     *,
     token: int = 1,
     attempt: int = 1,
+    rerun: bool = False,
     backend: Literal["etcd", "peer"] = "etcd",
     local: Mapping[str, str] | None = None,
     endpoint: str = RELATION,
     container_scope: bool = False,
 ) -> testing.RelationBase:
-    """The relation in the hook where the subordinate grants ``op_id`` (its callback runs)."""
+    """The relation in the hook where the subordinate grants ``op_id`` (its callback runs).
+
+    ``op_id`` must be one the charm requested. ``rerun``: the grant of an attempt granted
+    before, whose worker died before it was answered (test what your callback does then).
+    """
     grant = Grant(
         id=op_id,
         callback=callback,
@@ -100,6 +110,7 @@ def granted_relation(
         token=token,
         granted_at=_EPOCH,
         backend=backend,
+        rerun=rerun,
     )
     return subordinate_relation(
         granted=grant,

@@ -33,7 +33,7 @@ from rollingops_principal.testing import (
 )
 
 from rollingops.backend_choice import Backend
-from rollingops.models import Outcome
+from rollingops.models import Operation, Outcome
 
 META = {"name": "principal", "provides": {"rollingops": {"interface": "rollingops"}}}
 ACTIONS = {"restart": {"params": {"kwargs": {"type": "string"}, "callback": {"type": "string"}}}}
@@ -50,7 +50,7 @@ class Principal(ops.CharmBase):
         super().__init__(framework)
         self.rolling = RollingOps(
             self,
-            callbacks={"restart": self._restart, "fenced": self._fenced},
+            callbacks={"restart": self._restart, "fenced": self._fenced, "guarded": self._guarded},
             events=("reload",),
         )
         framework.observe(self.rolling.on.lock_granted, self._on_granted)
@@ -65,8 +65,11 @@ class Principal(ops.CharmBase):
     def _fenced(self, token: int, **kwargs: Any) -> None:
         Principal.calls.append({"token": token, **kwargs})
 
+    def _guarded(self, rerun: bool, **kwargs: Any) -> None:
+        Principal.calls.append({"rerun": rerun, **kwargs})
+
     def _on_granted(self, event: Any) -> None:
-        Principal.calls.append({"event": event.op_id, "token": event.token})
+        Principal.calls.append({"event": event.op_id, "token": event.token, "rerun": event.rerun})
         self.rolling.finish(event.op_id, "release")
 
     def _on_action(self, event: ops.ActionEvent) -> None:
@@ -91,7 +94,9 @@ def sub(granted: Grant | None = None, **fields: Any) -> dict[str, str]:
     return SubordinateBag(granted=granted, state=state, **fields).to_databag()
 
 
-def grant(op_id: str, callback: str = "restart", attempt: int = 1, **kwargs: Any) -> Grant:
+def grant(
+    op_id: str, callback: str = "restart", attempt: int = 1, rerun: bool = False, **kwargs: Any
+) -> Grant:
     return Grant(
         id=op_id,
         callback=callback,
@@ -100,7 +105,16 @@ def grant(op_id: str, callback: str = "restart", attempt: int = 1, **kwargs: Any
         token=77,
         granted_at=NOW,
         backend="etcd",
+        rerun=rerun,
     )
+
+
+def asked(**callbacks: str) -> frozenset[testing.StoredState]:
+    """The library's memory after this unit requested these operations (id=callback)."""
+    memory = testing.StoredState(
+        owner_path="Principal/RollingOps[rollingops-rollingops]", content={"requested": callbacks}
+    )
+    return frozenset({memory})
 
 
 def relation(local: dict[str, str] | None = None, remote: dict[str, str] | None = None):
@@ -186,7 +200,10 @@ def test_no_more_than_the_request_limit_is_kept_before_the_relation(ctx):
 def test_a_returned_value_that_is_no_result_is_logged_and_reported_release(ctx, caplog):
     Principal.outcome = "retry_release"
     rel = granted_relation("a", "restart", {"x": 1})
-    out = ctx.run(ctx.on.relation_changed(rel), testing.State(relations={rel}))
+    out = ctx.run(
+        ctx.on.relation_changed(rel),
+        testing.State(relations={rel}, stored_states=asked(a="restart")),
+    )
     assert [(r.id, r.result) for r in results_of(out)] == [("a", "release")]
     assert "'restart' returned 'retry_release', not a result" in caplog.text
     assert "allowed are None, 'release', 'retry-release', 'retry-hold'" in caplog.text
@@ -195,7 +212,10 @@ def test_a_returned_value_that_is_no_result_is_logged_and_reported_release(ctx, 
 def test_a_callback_may_return_the_result_enum(ctx):
     Principal.outcome = LockResult.RETRY_HOLD
     rel = granted_relation("a", "restart")
-    out = ctx.run(ctx.on.relation_changed(rel), testing.State(relations={rel}))
+    out = ctx.run(
+        ctx.on.relation_changed(rel),
+        testing.State(relations={rel}, stored_states=asked(a="restart")),
+    )
     assert [(r.id, r.result) for r in results_of(out)] == [("a", "retry-hold")]
 
 
@@ -224,7 +244,8 @@ def test_granted_callback_runs_with_its_kwargs_and_releases(ctx):
         )
     }
     rel = relation(local, sub(grant("a", n=1), accepted=("a",)))
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    state = testing.State(relations={rel}, stored_states=asked(a="restart"))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
     assert Principal.calls == [{"n": 1}]
     (result,) = local_list(out, "results")
     assert (result["id"], result["result"], result["attempt"]) == ("a", "release", 1)
@@ -238,13 +259,16 @@ def test_granted_callback_runs_with_its_kwargs_and_releases(ctx):
 def test_callback_outcome_and_failure_become_results(ctx, outcome, expected):
     Principal.outcome = outcome
     rel = relation(remote=sub(grant("a")))
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    state = testing.State(relations={rel}, stored_states=asked(a="restart"))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
     assert local_list(out, "results")[0]["result"] == expected
 
 
 def test_a_grant_is_delivered_once_per_attempt(ctx):
+    Principal.outcome = "retry-release"
     rel = relation(remote=sub(grant("a")))
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    state = testing.State(relations={rel}, stored_states=asked(a="restart"))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
     same = out.get_relation(rel.id)
     out = ctx.run(ctx.on.relation_changed(same, remote_unit=0), out)
     assert len(Principal.calls) == 1
@@ -261,8 +285,9 @@ def test_a_grant_is_delivered_once_per_attempt(ctx):
 
 def test_without_a_callback_the_event_fires_with_the_token(ctx):
     rel = relation(remote=sub(grant("b", callback="reload")))
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
-    assert Principal.calls == [{"event": "b", "token": 77}]
+    state = testing.State(relations={rel}, stored_states=asked(b="reload"))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
+    assert Principal.calls == [{"event": "b", "token": 77, "rerun": False}]
     assert local_list(out, "results")[0]["result"] == "release"
 
 
@@ -314,7 +339,8 @@ def test_a_lost_lock_is_announced_once_and_the_operation_stops_waiting(ctx):
 
 def test_a_callback_that_names_token_receives_the_fencing_token(ctx):
     rel = relation(remote=sub(grant("f", callback="fenced", size=3)))
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    state = testing.State(relations={rel}, stored_states=asked(f="fenced"))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
     assert Principal.calls == [{"token": 77, "size": 3}]
     assert local_list(out, "results")[0]["result"] == "release"
 
@@ -383,6 +409,12 @@ class Subordinate:
         self._set(self.record.queue.claim(self.token, T0))
         return self.hook()
 
+    def regrant(self) -> bool:
+        """The worker died before the result reached etcd; restarted, it grants again."""
+        self.token += 1
+        self._set(self.record.queue.regrant(self.token, T0))
+        return self.hook()
+
     def work(self) -> None:
         """The worker applies the reported result in etcd: no hook, so nothing is written."""
         queue, _kept = self.record.queue.finish(T0)
@@ -420,10 +452,17 @@ def shown(ctx: testing.Context[Principal], state: testing.State) -> tuple[str, i
 
 def requested(ctx: testing.Context[Principal]) -> tuple[Subordinate, testing.State, str]:
     """The subordinate published (idle), then the principal requested ``restart``."""
+    return requested_as(ctx, "restart")
+
+
+def requested_as(
+    ctx: testing.Context[Principal], callback: str
+) -> tuple[Subordinate, testing.State, str]:
+    """The subordinate published (idle), then the principal requested ``callback``."""
     sub = Subordinate()
     rel, state = with_bag(testing.State(relations={relation()}), sub)
     state = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
-    state = ctx.run(ctx.on.action("restart"), state)
+    state = ctx.run(ctx.on.action("restart", params={"callback": callback}), state)
     return sub, state, ctx.action_results["op"]
 
 
@@ -509,3 +548,103 @@ def test_a_lock_lost_or_revoked_while_running_is_announced(ctx, outcome):
     assert [(e.op_id, e.callback, e.reason) for e in announced] == [(op_id, "restart", reason)]
     assert Principal.calls == [], "the grant was gone when the principal looked"
     assert shown(ctx, state) == ("idle", None, False)
+
+
+# -- grants the library refuses, and re-runs -----------------------------------------------------
+
+
+@pytest.mark.parametrize("callback", ["restart", "reload"])
+def test_a_grant_this_unit_never_requested_runs_nothing_and_is_released(ctx, caplog, callback):
+    rel = relation(remote=sub(grant("intruder", callback=callback, wipe=True)))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    assert Principal.calls == [], "neither the callback nor lock_granted"
+    assert [(r.id, r.result) for r in results_of(out)] == [("intruder", "release")]
+    assert "granted intruder" in caplog.text
+    assert "this unit did not request it, or it is over: not run" in caplog.text
+
+
+def test_a_grant_of_our_operation_for_another_callback_is_refused(ctx, caplog):
+    rel = relation(remote=sub(grant("a", callback="fenced")))
+    state = testing.State(relations={rel}, stored_states=asked(a="restart"))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
+    assert Principal.calls == []
+    assert [(r.id, r.result) for r in results_of(out)] == [("a", "release")]
+    assert "this unit requested it for callback 'restart'" in caplog.text
+
+
+def test_another_attempt_of_an_operation_answered_release_is_refused(ctx, caplog):
+    rel = relation(remote=sub(grant("a")))
+    state = testing.State(relations={rel}, stored_states=asked(a="restart"))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
+    again = dataclasses.replace(
+        out.get_relation(rel.id), remote_units_data={0: sub(grant("a", attempt=2))}
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(again, remote_unit=0),
+        dataclasses.replace(out, relations={again}),
+    )
+    assert Principal.calls == [{}], "run once, for attempt 1"
+    assert [(r.id, r.result, r.attempt) for r in results_of(out)] == [("a", "release", 2)]
+    assert "this unit already answered it 'release'" in caplog.text
+
+
+def test_a_refused_grant_ends_in_the_subordinate_and_the_lock_moves_on(ctx):
+    """Through the subordinate's real code: an operation in its queue that this principal unit
+    never requested (left from a relation since removed) is granted; the principal runs
+    nothing, answers, and the subordinate ends it and grants the next one."""
+    sub, state, op_id = requested(ctx)
+    stale = Operation(id="stale-1", callback="restart", kwargs={"wipe": True}, requested_at=T0)
+    sub._set(sub.record.queue.enqueue(stale))
+    sub.sync(written(state))
+    assert sub.grant()
+    state, _ = granted(ctx, sub, state)
+    assert Principal.calls == []
+    sub.sync(written(state))
+    sub.work()
+    assert [(e.id, e.outcome) for e in sub.record.queue.history] == [("stale-1", Outcome.DONE)]
+    assert sub.grant(), "the lock went on to the next operation"
+    state, after = granted(ctx, sub, state)
+    assert (Principal.calls, after) == ([{}], ("idle", None, False))
+    assert sub.record.queue.current is not None
+    assert sub.record.queue.current.operation.id == op_id
+
+
+def test_a_rerun_after_the_subordinates_crash_is_told_to_the_callback(ctx):
+    """The worker died while the callback ran: the principal's hook died with it (nothing
+    stored); the restarted worker grants the same attempt again, marked ``rerun``. The callback
+    runs again and is told; once this unit answered an attempt, a re-run of it runs nothing."""
+    sub, state, _ = requested_as(ctx, "guarded")
+    sub.sync(written(state))
+    assert sub.grant()
+    assert sub.regrant(), "the new token and the mark are published"
+    state, after = granted(ctx, sub, state)
+    assert Principal.calls == [{"rerun": True}]
+    assert [(r.result, r.attempt) for r in results_of(state)] == [("release", 1)]
+    assert after == ("idle", None, False)
+    assert sub.regrant(), "killed again, before the result reached etcd"
+    state, _ = granted(ctx, sub, state)
+    assert len(Principal.calls) == 1, "this unit answered attempt 1 already: its answer stands"
+    sub.sync(written(state))
+    sub.work()
+    assert [(e.outcome, e.attempts) for e in sub.record.queue.history] == [(Outcome.DONE, 1)]
+
+
+def test_the_lock_granted_event_says_rerun(ctx):
+    rel = relation(remote=sub(grant("b", callback="reload", rerun=True)))
+    state = testing.State(relations={rel}, stored_states=asked(b="reload"))
+    ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
+    assert Principal.calls == [{"event": "b", "token": 77, "rerun": True}]
+
+
+def test_the_testing_kit_grants_a_rerun(ctx):
+    rel = granted_relation("g", "guarded", {"n": 1}, rerun=True)
+    state = testing.State(relations={rel}, stored_states=asked(g="guarded"))
+    ctx.run(ctx.on.relation_changed(rel), state)
+    assert Principal.calls == [{"rerun": True, "n": 1}]
+
+
+def test_kwargs_cannot_shadow_the_rerun_flag_of_a_callback_that_takes_it(ctx):
+    rel = relation()
+    params = {"callback": "guarded", "kwargs": json.dumps({"rerun": False})}
+    with pytest.raises(testing.errors.UncaughtCharmError, match="receives the re-run flag"):
+        ctx.run(ctx.on.action("restart", params=params), testing.State(relations={rel}))
