@@ -572,9 +572,10 @@ class RollingOps(ops.Object):
     def _deliver(self, grant: Grant) -> None:
         """Run (or announce) a grant of ours once per attempt; refuse any other.
 
-        Once per attempt as this unit knows it: a re-run (``grant.rerun``) of an attempt whose
-        hook here ran to its end is not run again, its answer is already in our bag. A hook
-        that died midway stored nothing, so the re-run is delivered, marked as such.
+        Once per attempt as this unit knows it: a re-run (``grant.rerun``) of an attempt that a
+        hook here delivered to its end is not delivered again (its callback answered, or its
+        ``lock_granted`` was handled). A hook that died midway stored nothing, so the re-run is
+        delivered, marked as such.
         """
         key = f"{grant.id}/{grant.attempt}"
         delivered: list[str] = list(self._stored.delivered)  # type: ignore[reportUnknownArgumentType]
