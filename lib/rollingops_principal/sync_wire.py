@@ -9,7 +9,18 @@ in the unit's own directory). One connection is one synchronous hold:
     worker: {"outcome": "released", "lost": null}
 
 The worker releases the hold when the client says so *or when the connection drops*, so a
-killed caller never leaves the lock held. Every line is at most ``MAX_LINE`` bytes; what the
+killed caller never leaves the lock held.
+
+A client that runs a command under the hold (``rollingops-lock``) also names it, before the
+command runs, so that the worker ends the command's session before it lets the lock go, however
+the hold ends (added later; a worker that predates it answers ``bad-request`` and holds on):
+
+    client: {"op": "guard", "pid": 4321, "start": 987654}      (the session's leader, waiting)
+    worker: {"outcome": "guarding"}                            (or an error; the hold goes on)
+    worker: {"outcome": "lost", "lost": "lease lost: ..."}     (unprompted, if the hold ends)
+
+Only a guarded hold gets the unprompted ``lost`` line, and at most one, so a client that never
+guards reads exactly what it did before. Every line is at most ``MAX_LINE`` bytes; what the
 worker cannot parse gets ``{"outcome": "error", "error": "bad-request", ...}`` and changes
 nothing. This module is shared by the worker (server side) and by callers (``SyncLockClient``):
 it imports no ops, so a plain script can use it.
@@ -22,11 +33,11 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .errors import (
     SyncLockError,
@@ -41,6 +52,7 @@ MAX_LINE = 4096
 MAX_TIMEOUT = 3600.0
 REPLY_MARGIN = 10.0
 """Seconds a client waits for the worker's answer beyond its own timeout."""
+_T = TypeVar("_T")
 _MAX_SOCKET_PATH = 100
 """``sun_path`` holds 108 bytes; a longer path is reached through its directory's fd."""
 
@@ -73,31 +85,75 @@ class ReleaseRequest(_Wire):
     op: Literal["release"] = "release"
 
 
+class GuardRequest(_Wire):
+    """During a hold: the command run under it leads the session ``pid`` (started at ``start``).
+
+    The worker ends that session's processes before the hold's key goes, whatever ends the
+    hold; it answers ``guarding`` before the command may run.
+    """
+
+    op: Literal["guard"] = "guard"
+    pid: Annotated[int, Field(gt=1, le=2**22)]
+    start: Annotated[int, Field(ge=0)]
+    """The leader's start time (``/proc/<pid>/stat``, clock ticks after boot): pids get reused."""
+
+
+HoldLine = Annotated[ReleaseRequest | GuardRequest, Field(discriminator="op")]
+"""What a client may send once its first line was read."""
+_HOLD_LINE: TypeAdapter[ReleaseRequest | GuardRequest] = TypeAdapter(HoldLine)
+
+
 class Reply(_Wire):
     """The worker's answer: a grant, a release, or an error (then the connection closes)."""
 
-    outcome: Literal["granted", "released", "error"]
+    outcome: Literal["granted", "released", "error", "guarding", "lost"]
     token: int | None = None
     """The fencing token of a grant."""
     lost: str | None = None
-    """Why a hold ended before its release (``released`` only)."""
+    """Why a hold ended before its release (``released``, and the notice ``lost``)."""
     error: ErrorKind | None = None
     message: str = ""
 
 
 def parse_line(line: bytes, model: type[_Wire]) -> _Wire:
     """One wire line as ``model``; ``ValueError`` with a reason for anything else."""
+    return _parsed(line, model.model_validate)
+
+
+def parse_hold_line(line: bytes) -> ReleaseRequest | GuardRequest:
+    """A line a client sends during its hold; ``ValueError`` with a reason for anything else."""
+    return _parsed(line, _HOLD_LINE.validate_python)
+
+
+def _parsed(line: bytes, validate: Callable[[object], _T]) -> _T:
     if len(line) > MAX_LINE or not line.endswith(b"\n"):
         raise ValueError(f"a line must end with a newline within {MAX_LINE} bytes")
     try:
         document = loads(line.decode("utf-8"), "line", max_bytes=MAX_LINE, max_depth=4)
-        return model.model_validate(document)
+        return validate(document)
     except UnicodeDecodeError as error:
         raise ValueError("a line must be UTF-8") from error
     except ValidationError as error:
+        raise ValueError(_reason(error)) from error
+
+
+def _reason(error: ValidationError) -> str:
+    """The first complaint of a validation, as ``field: message``."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "line"
+    return f"{where}: {first['msg']}"
+
+
+def request(timeout: float, holder: str, context: Context) -> AcquireRequest:
+    """The first line of a hold; ``ValueError`` (``invalid <field>: ...``) for a bad argument.
+
+    A caller that tells usage errors apart (``rollingops-lock`` exits 64) checks here first.
+    """
+    try:
+        return AcquireRequest(timeout=timeout, holder=holder, context=context)
+    except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "line"
-        raise ValueError(f"{where}: {first['msg']}") from error
+        raise ValueError(f"invalid {first['loc'][0]}: {first['msg']}") from error
 
 
 @contextlib.contextmanager
@@ -133,6 +189,37 @@ class SyncGrant:
         """
         os.close(self._connection.fileno())
 
+    def fileno(self) -> int:
+        """The connection's descriptor, to wait for the worker's ``lost`` notice (``select``)."""
+        return self._connection.fileno()
+
+    def guard(self, pid: int, start: int) -> None:
+        """Have the worker end the session ``pid`` leads before the hold ends; wait for its yes.
+
+        ``SyncLockError`` if it says no (a worker that predates guarding says ``bad-request``).
+        """
+        try:
+            self._connection.sendall(GuardRequest(pid=pid, start=start).line())
+            reply = _read_reply(self._connection, REPLY_MARGIN)
+        except OSError as error:
+            raise SyncLockLostError(f"the worker ended the hold: {error}") from error
+        if reply.outcome != "guarding":
+            raise SyncLockError(f"the worker cannot guard the command: {reply.message}")
+
+    def notice(self) -> str:
+        """The worker's unprompted word during a guarded hold: why the hold ended.
+
+        Call it once the connection is readable. ``SyncLockLostError`` if the worker went away
+        without a word (killed): the hold is gone, or will be at its lease's expiry.
+        """
+        try:
+            reply = _read_reply(self._connection, REPLY_MARGIN)
+        except (OSError, SyncLockError) as error:
+            raise SyncLockLostError(
+                f"the worker ended the hold without a word: {error}"
+            ) from error
+        return reply.lost or reply.message or reply.outcome
+
     def release(self) -> None:
         """Give the lock back; raise ``SyncLockLostError`` if the hold had ended before.
 
@@ -164,17 +251,16 @@ def acquire(path: Path, timeout: float, holder: str, context: Context) -> SyncGr
     ``SyncLockError`` for anything else the worker refused, with its reason.
     """
     try:
-        request = AcquireRequest(timeout=timeout, holder=holder, context=context)
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise SyncLockError(f"invalid {first['loc'][0]}: {first['msg']}") from error
+        first_line = request(timeout, holder, context)
+    except ValueError as error:
+        raise SyncLockError(str(error)) from error
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # A worker that accepts nothing (stopped, its backlog full) must not hang a hook.
         connection.settimeout(REPLY_MARGIN)
         with reachable(path) as address:
             connection.connect(address)
-        connection.sendall(request.line())
+        connection.sendall(first_line.line())
         reply = _read_reply(connection, timeout + REPLY_MARGIN)
     except OSError as error:
         connection.close()
@@ -208,7 +294,11 @@ def hold(path: Path, timeout: float, holder: str, context: Context) -> Iterator[
 
 
 def _read_reply(connection: socket.socket, timeout: float) -> Reply:
-    """The worker's next line within ``timeout`` seconds in all; else an error with a reason."""
+    """The worker's next line within ``timeout`` seconds in all; else an error with a reason.
+
+    It takes that line and nothing after it: a worker's ``lost`` notice may follow its reply
+    at once, and is the next call's to read.
+    """
     deadline = time.monotonic() + timeout
     line = b""
     try:
@@ -217,10 +307,11 @@ def _read_reply(connection: socket.socket, timeout: float) -> Reply:
             if left <= 0:
                 raise TimeoutError
             connection.settimeout(left)
-            chunk = connection.recv(MAX_LINE + 1 - len(line))
+            chunk = connection.recv(MAX_LINE + 1 - len(line), socket.MSG_PEEK)
             if not chunk:
                 raise SyncLockError("the worker closed the connection (stopped or restarted)")
-            line += chunk
+            newline = chunk.find(b"\n")
+            line += connection.recv(len(chunk) if newline < 0 else newline + 1)
     except TimeoutError as error:
         raise SyncLockError(f"the worker did not answer within {timeout:.0f} s") from error
     try:

@@ -7,48 +7,71 @@ For scripts and operators on a machine (cron jobs, maintenance scripts, principa
 its socket, as ``/var/lib/rollingops/<app>-<n>/rollingops-lock``. It asks the unit's worker
 for a synchronous hold (``sync_server``), runs ``CMD`` with its arguments as given (never
 through a shell) with the fencing token in ``ROLLINGOPS_TOKEN``, and releases when the command
-exits. The command runs in a process group of its own under a supervisor (a fork of this
-process): killed itself, the connection drops, the worker releases and the supervisor kills the
-whole group at once (parent-death signal); SIGTERM and SIGINT are passed on to the group, and
-the command's end (and that of anything it left in its group) is waited for before the release.
+exits.
 
-Exit status: the command's own (128 + N if signal N ended it); 75 when the lock was not granted
-in time; 69 when no worker can grant it (none on this machine, peer backend, stopping) or it
-refused; 70 when the lock was lost while the command ran (the command's status is printed); 64
-for a usage error.
+The promise: at no instant does the command (or anything it started) run while the lock is
+held elsewhere, whatever kills this process or its process group. Only the worker can keep it,
+since it is the one that releases and the one process that signals to the caller's group never
+reach. So the command runs in a session of its own (a forked child calls ``setsid``), and before
+it may ``exec``, this process has the worker *guard* that session: the worker then ends every
+process of it before it deletes the hold's key, however the hold ends (``command_session``).
+The child waits for a go on a socket pair; if this process dies first, the child reads the end
+of the pair and exits without running anything. There is no supervisor process beside the
+command any more: the worker does what it did (end the command when ``rollingops-lock`` dies,
+see its orphans), from outside the caller's process group, where a group's SIGKILL cannot stop
+it.
+
+While the command runs, SIGHUP, SIGINT, SIGQUIT and SIGTERM are passed on to its process group,
+as a terminal would, and its end is waited for before the release. When the worker ends the
+hold first (lease lost, key force-released, worker stopping), it says so and SIGTERMs the
+command at once (SIGKILL after ``command_session.GRACE`` seconds); this process then exits 70.
+If the worker dies without a word, its lease frees the lock after two thirds of its TTL at the
+earliest: this process ends the command's session itself, within ``_ORPHAN_GRACE``.
+
+Exit status: the command's own (128 + N if signal N ended it); 64 for a usage error (a bad
+option or value, with the reason); 75 when the lock was not granted in time; 69 when no worker
+can grant it (none on this machine, peer backend, stopping), it refused, or it cannot guard the
+command (the command then never ran); 70 when the lock was lost while the command ran (the
+command's status is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
+import select
 import signal
-import subprocess
+import socket
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
+from pydantic import TypeAdapter, ValidationError
 from rollingops_principal.errors import (
     SyncLockError,
     SyncLockLostError,
     SyncLockTimeoutError,
     SyncLockUnavailableError,
 )
-from rollingops_principal.sync_wire import Context, SyncGrant, acquire
+from rollingops_principal.sync_wire import Context, SyncGrant, acquire, request
 
-from .worker_config import SYNC_SOCKET_NAME, state_base, unit_dir
+from .command_session import Session
+from .worker_config import SYNC_SOCKET_NAME, UnitName, state_base, unit_dir
 
 EXIT_USAGE = 64
 EXIT_UNAVAILABLE = 69
 EXIT_LOST = 70
 EXIT_TIMEOUT = 75
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-_GRACE = 10.0
-"""Seconds what the command left running gets after SIGTERM, before SIGKILL."""
+_FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+_READY = b"r"
+"""Child to parent: I lead my own session now."""
+_GO = b"g"
+"""Parent to child: the worker guards your session, run the command."""
+_ORPHAN_GRACE = 1.0
+"""Seconds the command gets after SIGTERM when its worker died; below 2/3 of the least TTL."""
+_UNIT: TypeAdapter[str | None] = TypeAdapter(UnitName | None)
 
 
 def launcher(python: Path, python_path: Sequence[Path], socket: Path) -> str:
@@ -107,118 +130,152 @@ def run(argv: list[str]) -> int:
     if not command:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
+    # Inside a hook (a juju-info principal's), it holds the machine lock: say so.
+    context: Context = "hook" if os.environ.get("JUJU_CONTEXT_ID") else "command"
+    if (usage := _usage_error(args, context)) is not None:
+        return _fail(EXIT_USAGE, usage)
     try:
         socket_path = args.socket or find_socket(args.unit)
-        # Inside a hook (a juju-info principal's), it holds the machine lock: say so.
-        context: Context = "hook" if os.environ.get("JUJU_CONTEXT_ID") else "command"
         grant = acquire(socket_path, args.timeout, args.holder, context)
     except SyncLockTimeoutError as error:
         return _fail(EXIT_TIMEOUT, f"not granted: {error}")
-    except (SyncLockError, ValueError) as error:
+    except SyncLockError as error:
         return _fail(EXIT_UNAVAILABLE, f"cannot hold the lock: {error}")
-    status = _run_command(command, grant)
+    return _run_under(grant, command)
+
+
+def _usage_error(args: argparse.Namespace, context: Context) -> str | None:
+    """What is wrong with the options, before any worker is asked (exit 64, not 69)."""
+    try:
+        request(args.timeout, args.holder, context)
+    except ValueError as error:
+        return str(error)
+    try:
+        _UNIT.validate_python(args.unit)
+    except ValidationError:
+        return f"invalid --unit {args.unit!r}: expected APP/N"
+    return None
+
+
+def _run_under(grant: SyncGrant, command: list[str]) -> int:
+    """Run ``command`` under the hold ``grant``, then release it; the exit status."""
+    try:
+        status, lost = _run_command(command, grant)
+    except SyncLockError as error:
+        with contextlib.suppress(SyncLockError):
+            grant.release()
+        return _fail(EXIT_UNAVAILABLE, f"the command did not run: {error}")
     try:
         grant.release()
     except SyncLockLostError as error:
-        return _fail(EXIT_LOST, f"{error} (the command exited {status})")
+        lost = lost or str(error)
+    if lost is not None:
+        return _fail(EXIT_LOST, f"the lock was lost: {lost} (the command exited {status})")
     return status
 
 
-def _run_command(command: list[str], grant: SyncGrant) -> int:
-    """Run ``command`` under a supervisor process; pass SIGTERM/SIGINT on; its exit status.
+def _run_command(command: list[str], grant: SyncGrant) -> tuple[int, str | None]:
+    """Start ``command`` once the worker guards it, wait for its end; its status, and a loss.
 
-    The supervisor is a fork of this process without the connection, so that the hold still
-    ends with this process, however it ends (see ``_supervise``).
+    ``SyncLockError`` if the worker would not guard it: then it never ran.
     """
-    parent = os.getpid()
+    channel, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:
-        code = EXIT_LOST
-        try:
-            grant.forget_in_child()
-            code = _supervise(command, grant.token, parent)
-        finally:
-            os._exit(code)
+        channel.close()
+        grant.forget_in_child()
+        _command_child(command, grant.token, theirs)
+    theirs.close()
+    with channel:
+        session = _guarded(pid, channel, grant)
+        forwarding = {sig: signal.signal(sig, _forward_to(pid)) for sig in _FORWARDED}
+        with contextlib.suppress(OSError):
+            channel.sendall(_GO)  # a child killed meanwhile is waited for below
+    try:
+        return _wait(pid, session, grant)
+    finally:
+        for sig, handler in forwarding.items():
+            signal.signal(sig, handler)
+
+
+def _guarded(pid: int, channel: socket.socket, grant: SyncGrant) -> Session:
+    """Wait for the child to lead its own session, and have the worker guard that session.
+
+    On failure the child is reaped: closing the channel without the go makes it exit unrun.
+    """
+    session = Session.of(pid) if channel.recv(1) == _READY else None
+    try:
+        if session is None:
+            raise SyncLockError("the command's process could not start a session")
+        grant.guard(session.leader, session.start)
+    except SyncLockError:
+        channel.close()
+        os.waitpid(pid, 0)
+        raise
+    return session
+
+
+def _command_child(command: list[str], token: int, channel: socket.socket) -> NoReturn:
+    """In the forked child: lead a new session, wait for the go, become the command.
+
+    Without the go (``rollingops-lock`` died, or the worker would not guard), it exits
+    without ever running the command: an unguarded command never runs.
+    """
+    code = 127
+    try:
+        os.setsid()
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # as Python found them, as subprocess does
+            signal.signal(sig, signal.SIG_DFL)
+        channel.sendall(_READY)
+        if channel.recv(1) != _GO:
+            code = EXIT_LOST
+        else:
+            channel.close()
+            environment = {**os.environ, "ROLLINGOPS_TOKEN": str(token)}
+            os.execvpe(command[0], command, environment)  # noqa: S606 - argv as given, no shell
+    except OSError as error:
+        print(f"rollingops-lock: cannot run {command[0]!r}: {error}", file=sys.stderr)
+    finally:
+        os._exit(code)
+
+
+def _forward_to(pid: int) -> Callable[[int, object], None]:
+    """A handler passing the signal on to the command's process group, as a terminal would."""
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+            os.killpg(pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return forward
+
+
+def _wait(pid: int, session: Session, grant: SyncGrant) -> tuple[int, str | None]:
+    """Wait for the command's end, listening to the worker meanwhile; its status and a loss.
+
+    The worker's ``lost`` notice comes with its SIGTERM to the command. If the worker itself
+    goes without a word (killed), its lease will soon free the lock: the command's session is
+    ended here, within ``_ORPHAN_GRACE``, which is below the earliest expiry.
+    """
+    lost: str | None = None
+    listening = True  # the worker says one word at most
+    done = os.pidfd_open(pid)
     try:
-        _, status = os.waitpid(pid, 0)
+        while done not in select.select([done, grant] if listening else [done], [], [])[0]:
+            listening = False
+            try:
+                lost = grant.notice()
+            except SyncLockLostError as error:
+                lost = str(error)
+                session.end(_ORPHAN_GRACE)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return _exit_code(os.waitstatus_to_exitcode(status))
+        os.close(done)
+    _, status = os.waitpid(pid, 0)
+    return _exit_code(os.waitstatus_to_exitcode(status)), lost
 
 
 def _exit_code(code: int) -> int:
     """A status as a shell reports it: 128 + N for a process ended by signal N."""
     return 128 - code if code < 0 else code
-
-
-def _supervise(command: list[str], token: int, parent: int) -> int:
-    """In the forked supervisor: run the command in a process group of its own, outlive none of it.
-
-    The supervisor dies with ``rollingops-lock`` (parent-death signal): then the lock is gone,
-    and the whole group is killed at once. A signal passed on by a living ``rollingops-lock``
-    goes to the whole group, as it would from a terminal. When the command exits, whatever it
-    left in its group is ended (SIGTERM, SIGKILL after ``_GRACE`` seconds) before the release.
-    The supervisor is a child subreaper, so the group's orphans are its children and are reaped.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    if os.getppid() != parent:
-        return EXIT_LOST  # rollingops-lock died before the parent-death signal was set
-    try:
-        child = subprocess.Popen(  # argv as given, no shell
-            command,
-            env={**os.environ, "ROLLINGOPS_TOKEN": str(token)},
-            start_new_session=True,
-        )
-    except OSError as error:
-        print(f"rollingops-lock: cannot run {command[0]!r}: {error}", file=sys.stderr)
-        return 127
-
-    def on_signal(signum: int, _frame: object) -> None:
-        orphaned = os.getppid() != parent
-        _signal_group(child.pid, signal.SIGKILL if orphaned else signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    code = _exit_code(child.wait())
-    _end_group(child.pid)
-    return code
-
-
-def _end_group(group: int) -> None:
-    """End what is left in the command's process group, reaping it, before the release."""
-    for sig, grace in ((signal.SIGTERM, _GRACE), (signal.SIGKILL, _GRACE)):
-        if not _group_alive(group):
-            return
-        _signal_group(group, sig)
-        deadline = time.monotonic() + grace
-        while _group_alive(group) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
-def _group_alive(group: int) -> bool:
-    """Whether a process of ``group`` is left (orphans are reaped here first)."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _signal_group(group: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signum)
 
 
 def _fail(code: int, message: str) -> int:

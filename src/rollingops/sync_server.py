@@ -13,9 +13,29 @@ a pause is waited out, within the caller's timeout. The hold ends when the clien
 ``release`` or its connection drops (a killed hook never leaves the lock held), when the worker
 stops, or when its lease is lost (then the release says so). A timeout removes the key.
 
+A client that runs a command under the hold (``rollingops-lock``) *guards* it first: it names
+the session the command leads, a child of the client still waiting to ``exec``. From then on
+this server, not the client, is what ends the command: whatever ends the hold (the release, the
+client's connection dropping however its processes were killed, the lease lost, the key
+force-released, the worker stopping), every process of that session is ended (SIGTERM, SIGKILL
+after ``command_session.GRACE``) and gone *before* the key is deleted, so the command never runs
+while another unit holds. A hold that ends before its release also tells its guarded client at
+once (an unprompted ``lost`` line), and the command gets the SIGTERM then, not at its exit. The
+worker is the one process the client's signals (its group's SIGHUP, SIGKILL...) never reach,
+which is why it, and not a supervisor beside the command, keeps the promise. The key's deletion
+(force-release, lease expiry) is watched, so a loss is seen as it happens.
+
+The holds granted now are published for the charm (``sync_holds``) before the grant is answered
+and after the key is gone, so the charm never restarts the worker under a hold unawares.
+
+The socket is replaced at start if anything else is in the way (the unit's directory is the
+worker's own), and removed at close only if it is still the one this worker bound: a newer
+worker of the same unit may have bound its own there meanwhile.
+
 Nothing a client sends can do more than that: the first line must be a valid request within
-``_FIRST_LINE_WITHIN`` seconds, later lines only ``release``; a peer of another uid is refused;
-at most ``MAX_SESSIONS`` holds (or waits) at once.
+``_FIRST_LINE_WITHIN`` seconds, later lines only ``release`` or one ``guard`` of a session its
+own child leads; a peer of another uid is refused; at most ``MAX_SESSIONS`` holds (or waits) at
+once.
 """
 
 from __future__ import annotations
@@ -23,27 +43,34 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import stat
 import struct
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from rollingops_principal.sync_wire import (
     MAX_LINE,
     AcquireRequest,
     ErrorKind,
-    ReleaseRequest,
+    GuardRequest,
     Reply,
+    parse_hold_line,
     parse_line,
     reachable,
 )
 
+from . import command_session, sync_holds
 from .control import DomainControl
-from .etcd_client import EtcdClient, EtcdError
+from .etcd_client import EtcdClient, EtcdError, WatchBrokenError
 from .lease import Lease, LeaseLostError
+from .models import utcnow
 from .semaphore import MAX_PRIORITY_CAPACITY, AcquireCancelledError, FairSemaphore
 from .store import waiters_prefix
+from .sync_holds import SyncHold
 from .worker_config import WorkerConfig
 
 logger = logging.getLogger("rollingops.worker")
@@ -52,6 +79,7 @@ MAX_SESSIONS = 32
 _FIRST_LINE_WITHIN = 5.0
 _WAKE_INTERVAL = 0.2
 _SO_PEERCRED_FORMAT = "3i"
+_KEY_GONE = "the key went during the hold (force-released or expired)"
 
 
 class _RefusedError(Exception):
@@ -77,6 +105,7 @@ class SyncServer:
         unanswered_hold: Callable[[], str | None],
     ) -> None:
         self.path = config.sync_socket
+        self._state_dir = config.state_dir
         self._client = client
         self._waiters = waiters_prefix(config.etcd.prefix)
         self._control = control
@@ -87,15 +116,17 @@ class SyncServer:
         """The operation this unit's worker holds the lock for and awaits an answer to."""
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
+        self._bound: tuple[int, int] | None = None
+        """Device and inode of the socket file this worker bound: the only one it removes."""
         self._sessions: set[_Session] = set()
         self._guard = threading.Lock()
+        self._holds: dict[_Session, SyncHold] = {}
+        self._publishing = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Listen on ``path`` (0600; a stale socket file there is replaced) and serve."""
-        with contextlib.suppress(FileNotFoundError):
-            if self.path.is_socket():
-                self.path.unlink()
+        """Listen on ``path`` (0600; whatever is there already is replaced) and serve."""
+        _clear(self.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_mask = os.umask(0o177)
         try:
@@ -104,6 +135,8 @@ class SyncServer:
         finally:
             os.umask(old_mask)
         os.chmod(self.path, 0o600)
+        bound = os.lstat(self.path)
+        self._bound = (bound.st_dev, bound.st_ino)
         listener.listen(MAX_SESSIONS)
         self._listener = listener
         self._thread = threading.Thread(target=self._accept, name="sync-accept", daemon=True)
@@ -111,7 +144,7 @@ class SyncServer:
         _log("sync-listening", socket=str(self.path))
 
     def close(self) -> None:
-        """Stop accepting, end every hold (keys removed, leases revoked), remove the socket."""
+        """Stop accepting, end every hold (commands, keys, leases), remove our socket."""
         self._stop.set()
         if self._listener is None:
             return  # never listened: the socket file, if any, is not ours
@@ -125,9 +158,22 @@ class SyncServer:
         for session in sessions:
             session.end.set()
         for session in sessions:
-            session.thread.join(timeout=2 * self._client.settings.total_timeout)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            session.thread.join(
+                timeout=2 * self._client.settings.total_timeout + command_session.BOUND
+            )
+        with self._publishing:
+            self._holds.clear()
+            self._write_holds()
+        self._remove_socket()
+
+    def _remove_socket(self) -> None:
+        """Remove the socket file if it is still the one we bound, not a newer worker's."""
+        try:
+            found = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (found.st_dev, found.st_ino) == self._bound:
+            self.path.unlink(missing_ok=True)
 
     def _accept(self) -> None:
         """Wait for clients in ``accept`` itself, with no timeout: an idle worker never wakes.
@@ -185,16 +231,42 @@ class SyncServer:
             self._client, self._waiters, self._capacity, lease, self._unit, priority=True
         )
         _log("sync-waiting", holder=request.holder, context=request.context, lease=f"{lease.id:x}")
+        lost: str | None = None
         try:
             token = self._grant(semaphore, lease, request, session.end)
+            hold = SyncHold(
+                holder=request.holder, context=request.context, token=token, since=utcnow()
+            )
+            self._publish(session, hold)
             _log("sync-granted", holder=request.holder, token=token, lease=f"{lease.id:x}")
-            session.send(Reply(outcome="granted", token=token))
+            session.grant(token)
             lost = self._keep(semaphore, lease, session.end)
         finally:
+            self._end_command(session, lost)
             self._end(semaphore, lease)
+            self._publish(session, None)
         _log("sync-released", holder=request.holder, token=token, lost=lost)
         if session.released.is_set():
             session.send(Reply(outcome="released", lost=lost))
+
+    def _publish(self, session: _Session, hold: SyncHold | None) -> None:
+        """Note ``session``'s hold (``None``: it ended) and write every hold for the charm.
+
+        Serialised, so an older picture never overwrites a newer one.
+        """
+        with self._publishing:
+            if hold is None:
+                self._holds.pop(session, None)
+            else:
+                self._holds[session] = hold
+            self._write_holds()
+
+    def _write_holds(self) -> None:
+        """Write the holds (with ``_publishing`` held); a failure is logged, the hold goes on."""
+        try:
+            sync_holds.publish(self._state_dir, tuple(self._holds.values()))
+        except OSError as error:
+            _log("sync-holds-unpublished", error=str(error))
 
     def _check_grantable(self, request: AcquireRequest) -> None:
         if self._capacity > MAX_PRIORITY_CAPACITY:
@@ -253,18 +325,61 @@ class SyncServer:
             ) from error
 
     def _keep(self, semaphore: FairSemaphore, lease: Lease, end: threading.Event) -> str | None:
-        """Hold until released, the client gone or the worker stopping; why it was lost, if."""
+        """Hold until released, the client gone or the worker stopping; why it was lost, if.
+
+        A loss (the lease, or the key's deletion as the watch sees it) ends the wait at once.
+        """
+        key_gone = threading.Event()
+        threading.Thread(
+            target=self._watch_key, args=(semaphore, end, key_gone), name="sync-key", daemon=True
+        ).start()
         while not end.wait(_WAKE_INTERVAL):
             if lease.lost.is_set():
                 return f"lease lost: {lease.lost_reason}"
+            if key_gone.is_set():
+                return _KEY_GONE
         if self._stop.is_set():
             return "the worker stopped during the hold"
         try:
             if not semaphore.still_held():
-                return "the key went during the hold (force-released or expired)"
+                return _KEY_GONE
         except EtcdError as error:
             return f"etcd could not confirm the hold: {error}"
         return None
+
+    def _watch_key(
+        self, semaphore: FairSemaphore, end: threading.Event, gone: threading.Event
+    ) -> None:
+        """Set ``gone`` when the hold's key is deleted after its grant; stops with the hold.
+
+        A broken watch just stops: the lease's own checks and the read at the end remain.
+        """
+        stream = self._client.watch(
+            keys=[semaphore.key], start_revision=semaphore.revision + 1, deletes_only=True
+        )
+        try:
+            while not end.is_set():
+                if stream.next(timeout=_WAKE_INTERVAL):
+                    gone.set()
+                    return
+        except WatchBrokenError:
+            return
+        finally:
+            stream.close()
+
+    def _end_command(self, session: _Session, lost: str | None) -> None:
+        """Before the key goes: end every process of the guarded command's session, if any.
+
+        The client is told first when the hold ended before its release, so that the SIGTERM
+        the command gets reads as the loss it is.
+        """
+        command = session.stop_guarding()
+        if command is None:
+            return
+        if lost is not None and not session.released.is_set():
+            session.send(Reply(outcome="lost", lost=lost))
+        left = command.end()
+        _log("sync-command-ended", session=command.leader, left=left)
 
     def _end(self, semaphore: FairSemaphore, lease: Lease) -> None:
         """Remove the key and revoke the lease; both expire by themselves if etcd is away."""
@@ -276,7 +391,7 @@ class SyncServer:
 
 
 class _Session:
-    """One client connection: its request, its release, and the replies to it."""
+    """One client connection: its request, its release, its command, and the replies to it."""
 
     def __init__(self, connection: socket.socket) -> None:
         self._connection = connection
@@ -286,15 +401,23 @@ class _Session:
         """Set when the client asked for the release (then it waits for the answer)."""
         self.thread = threading.current_thread()
         self._buffer = b""
+        self._peer = 0
+        self._sending = threading.Lock()
+        self._guarding = threading.Lock()
+        """Orders a guard against the grant and the hold's end (and their replies)."""
+        self._granted = False
+        self._over = False
+        self._command: command_session.Session | None = None
 
     def check_peer(self) -> None:
         """Only root, or the worker's own user, may hold the lock."""
         raw = self._connection.getsockopt(
             socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(_SO_PEERCRED_FORMAT)
         )
-        _, uid, _ = struct.unpack(_SO_PEERCRED_FORMAT, raw)
+        pid, uid, _ = struct.unpack(_SO_PEERCRED_FORMAT, raw)
         if uid not in (0, os.geteuid()):
             raise _RefusedError("refused", f"uid {uid} may not hold the lock")
+        self._peer = pid
 
     def read_request(self) -> AcquireRequest:
         """The first line, whole within ``_FIRST_LINE_WITHIN`` seconds (however it trickles)."""
@@ -313,8 +436,20 @@ class _Session:
         assert isinstance(request, AcquireRequest)  # noqa: S101 - the model asked for
         return request
 
+    def grant(self, token: int) -> None:
+        """Tell the client it holds; from now on it may guard a command."""
+        with self._guarding:
+            self._granted = True
+            self.send(Reply(outcome="granted", token=token))
+
+    def stop_guarding(self) -> command_session.Session | None:
+        """The hold ends: no command may be guarded from now on; the one that is, if any."""
+        with self._guarding:
+            self._over = True
+            return self._command
+
     def watch_for_release(self) -> None:
-        """From now on, read the client's lines in a thread: ``release``, or the end."""
+        """From now on, read the client's lines in a thread: ``release``, ``guard``, the end."""
         self._connection.settimeout(None)
         threading.Thread(target=self._follow, name="sync-client", daemon=True).start()
 
@@ -328,13 +463,46 @@ class _Session:
                 self.end.set()
                 return
             try:
-                parse_line(line, ReleaseRequest)
+                request = parse_hold_line(line)
             except ValueError as error:
-                with contextlib.suppress(OSError):
-                    self.send(Reply(outcome="error", error="bad-request", message=str(error)))
+                self.send(Reply(outcome="error", error="bad-request", message=str(error)))
+                continue
+            if isinstance(request, GuardRequest):
+                self._guard(request)
                 continue
             self.released.set()
             self.end.set()
+
+    def _guard(self, request: GuardRequest) -> None:
+        """Take on the command's session, or say why not (the hold goes on either way)."""
+        with self._guarding:
+            refusal = self._unguardable(request)
+            if refusal is None:
+                self._command = command_session.Session(request.pid, request.start)
+                _log("sync-command-guarded", session=request.pid)
+                self.send(Reply(outcome="guarding"))
+            else:
+                self.send(Reply(outcome="error", error="bad-request", message=refusal))
+
+    def _unguardable(self, request: GuardRequest) -> str | None:
+        """Why this command cannot be guarded, if it cannot.
+
+        Only a session that the client's own child leads, named before the hold ends: the
+        worker signals it as root, so it must be the caller's and no one else's.
+        """
+        if not self._granted or self._over:
+            return "no hold to guard a command with"
+        if self._command is not None:
+            return "a command is guarded already"
+        found = command_session.stat(request.pid)
+        if (
+            found is None
+            or found.session != request.pid
+            or found.start != request.start
+            or found.parent != self._peer
+        ):
+            return f"process {request.pid} is not a session leader started by the client"
+        return None
 
     def _next_line(self, deadline: float | None = None) -> bytes | None:
         """One line (``None`` at the end); ``ValueError`` for a line too long.
@@ -357,8 +525,8 @@ class _Session:
         return line + b"\n"
 
     def send(self, reply: Reply) -> None:
-        """One reply line (a client gone meanwhile is not an error of ours)."""
-        with contextlib.suppress(OSError):
+        """One reply line, whole (threads take turns; a client gone is not an error of ours)."""
+        with self._sending, contextlib.suppress(OSError):
             self._connection.sendall(reply.line())
 
     def refuse(self, kind: ErrorKind, message: str) -> None:
@@ -373,3 +541,19 @@ class _Session:
         with contextlib.suppress(OSError):
             self._connection.shutdown(socket.SHUT_RDWR)
         self._connection.close()
+
+
+def _clear(path: Path) -> None:
+    """Remove whatever is at ``path``: a stale socket, or a file, link or directory in the way.
+
+    ``path`` is in the unit's own directory (0700, the worker's), so nothing there is anyone
+    else's; left in place, it would keep the worker from listening for good (``EADDRINUSE``).
+    """
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(found.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()

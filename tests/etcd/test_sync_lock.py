@@ -364,3 +364,29 @@ def test_an_early_release_inside_the_block_is_not_a_loss(farm, client):
 
 def events_of(farm: WorkerFarm, unit: str, name: str) -> list[dict[str, Any]]:
     return [line for line in farm.log(unit) if line["event"] == name]
+
+
+@pytest.mark.parametrize("obstacle", ["regular file", "dangling symlink"])
+def test_something_in_the_way_of_the_socket_is_replaced_not_served_around(farm, obstacle):
+    path = socket_of(farm, "app/0")
+    path.parent.mkdir(mode=0o700, parents=True)
+    if obstacle == "regular file":
+        path.write_text("left by a bad copy")
+    else:
+        path.symlink_to(path.parent / "gone.sock")
+    path = serving(farm, "app/0")
+    with hold(path, 10, "after the obstacle", "command") as grant:
+        assert grant.token > 0
+    assert not events_of(farm, "app/0", "sync-socket-failed")
+
+
+def test_a_worker_stopping_leaves_the_socket_a_newer_worker_of_its_unit_bound(farm):
+    path = serving(farm, "app/0")
+    older, bound_first = farm.processes["app/0"], path.stat().st_ino
+    farm.start("app/0")  # a restart that overlaps: the newer worker binds its own socket
+    wait_until(lambda: path.is_socket() and path.stat().st_ino != bound_first, what="rebound")
+    older.send_signal(signal.SIGTERM)
+    older.wait(timeout=30)
+    assert path.is_socket(), "the older worker removed only its own socket"
+    with hold(path, 10, "served by the newer worker", "command") as grant:
+        assert grant.token > 0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from rollingops_principal.errors import SyncLockError, SyncLockUnavailableError
+from rollingops_principal.errors import SyncLockError, SyncLockLostError, SyncLockUnavailableError
 from rollingops_principal.sync_wire import REPLY_MARGIN, acquire
 
 
@@ -78,3 +79,48 @@ def test_a_reply_that_trickles_is_bounded_as_a_whole(tmp_path):
 def test_an_invalid_timeout_is_refused_before_connecting(tmp_path, timeout):
     with pytest.raises(SyncLockError, match="invalid timeout"):
         acquire(tmp_path / "absent.sock", timeout, "stop hook", "hook")
+
+
+def granting(path: Path, *, then: bytes, prompted: bool) -> None:
+    """A worker that grants, sends ``then`` (after one more line of the client's if
+    ``prompted``) and closes the connection."""
+    listener = listening(path, 1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            connection.sendall(b'{"outcome":"granted","token":7}\n')
+            if prompted:
+                connection.recv(4096)
+            connection.sendall(then)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+OLD_WORKER_ANSWER = (  # what a worker without guarding answers to any line but release
+    b'{"outcome":"error","error":"bad-request","message":"op: Input should be \'release\'"}\n'
+)
+
+
+def test_a_worker_that_predates_guarding_makes_guard_fail_and_the_hold_goes_on(tmp_path):
+    granting(tmp_path / "sync.sock", then=OLD_WORKER_ANSWER, prompted=True)
+    grant = acquire(tmp_path / "sync.sock", 5, "rollingops-lock", "command")
+    with pytest.raises(SyncLockError, match="cannot guard the command: op: Input should be"):
+        grant.guard(os.getpid(), 1)
+    assert not grant.released
+
+
+def test_the_worker_s_unprompted_loss_notice_is_read_as_the_reason(tmp_path):
+    notice = b'{"outcome":"lost","lost":"lease lost: expired in etcd"}\n'
+    granting(tmp_path / "sync.sock", then=notice, prompted=False)
+    grant = acquire(tmp_path / "sync.sock", 5, "rollingops-lock", "command")
+    assert grant.notice() == "lease lost: expired in etcd"
+
+
+def test_a_worker_gone_without_a_word_is_a_loss(tmp_path):
+    granting(tmp_path / "sync.sock", then=b"", prompted=False)
+    grant = acquire(tmp_path / "sync.sock", 5, "rollingops-lock", "command")
+    with pytest.raises(SyncLockLostError, match="without a word"):
+        grant.notice()

@@ -1,0 +1,162 @@
+"""``rollingops-lock`` never lets its command run while another unit holds, however it dies.
+
+Real workers on real etcd, the real launcher in a subprocess. The command leaves a child in a
+process group of its own (as a shell's job control does), still in its session; another unit's
+``rollingops-lock`` waits for the lock and, once granted, looks at which of them still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+from etcd_helpers import WorkerFarm, distro_build, wait_until
+from test_lock_command import lock_command
+
+from rollingops.control import DomainControl
+from rollingops.lock_command import EXIT_LOST
+from rollingops.sync_holds import live_holds
+
+__all__ = ["distro_build"]  # the one build these tests run on (etcd_helpers)
+
+PYTHON = sys.executable
+COMMAND = (  # argv[1]: where to write its pids, once its child runs
+    "import json, os, subprocess, sys, time\n"
+    "child = subprocess.Popen(['sleep', '600'], process_group=0)\n"
+    "open(sys.argv[1] + '.tmp', 'w').write(json.dumps([os.getpid(), child.pid]))\n"
+    "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+    "time.sleep(600)\n"
+)
+LOOK = (  # the next holder's command: which of argv[1]'s pids still run (argv[2])
+    "import json, sys\n"
+    "def running(pid):\n"
+    "    try:\n"
+    "        stat = open(f'/proc/{pid}/stat').read()\n"
+    "    except OSError:\n"
+    "        return False\n"
+    "    return stat.rsplit(')', 1)[1].split()[0] not in ('Z', 'X')\n"
+    "pids = json.load(open(sys.argv[1]))\n"
+    "open(sys.argv[2], 'w').write(json.dumps([pid for pid in pids if running(pid)]))\n"
+)
+
+
+def group_signal(signum: int) -> Callable[[subprocess.Popen[bytes]], None]:
+    """What a dropped ssh session, a ^C or ^\\, a kill -- -PGID does: the launcher's group."""
+    return lambda launcher: os.killpg(launcher.pid, signum)
+
+
+KILLS: dict[str, Callable[[subprocess.Popen[bytes]], None]] = {
+    "group SIGHUP": group_signal(signal.SIGHUP),
+    "group SIGQUIT": group_signal(signal.SIGQUIT),
+    "group SIGINT": group_signal(signal.SIGINT),
+    "group SIGTERM": group_signal(signal.SIGTERM),
+    "group SIGKILL": group_signal(signal.SIGKILL),
+    "launcher alone SIGKILL": lambda launcher: launcher.kill(),
+}
+
+
+def waiting(farm: WorkerFarm, unit: str) -> bool:
+    return any(line["event"] == "sync-waiting" for line in farm.log(unit))
+
+
+@pytest.mark.parametrize("kill", list(KILLS), ids=list(KILLS))
+def test_no_process_of_the_command_runs_once_another_unit_holds(farm, tmp_path, kill):
+    first = lock_command(farm, "app/0", tmp_path)
+    second = lock_command(farm, "app/1", tmp_path)
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
+    launcher = subprocess.Popen(
+        [str(first), "--", PYTHON, "-c", COMMAND, str(pids)], start_new_session=True
+    )
+    wait_until(pids.exists, timeout=60, what="the command and its child running")
+    waiter = subprocess.Popen(
+        [str(second), "--timeout", "120", "--", PYTHON, "-c", LOOK, str(pids), str(seen)]
+    )
+    wait_until(lambda: waiting(farm, "app/1"), timeout=60, what="the other unit waiting")
+    KILLS[kill](launcher)
+    launcher.wait(timeout=60)
+    assert waiter.wait(timeout=120) == 0
+    assert json.loads(seen.read_text()) == [], "the command ran while another unit held"
+
+
+def test_timeout_s_kill_around_it_leaves_nothing_running_for_the_next_holder(farm, tmp_path):
+    first = lock_command(farm, "app/0", tmp_path)
+    second = lock_command(farm, "app/1", tmp_path)
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
+    # The bound only has to outlast a slow start; what is checked is what runs after it.
+    launcher = subprocess.Popen(
+        ["timeout", "-s", "KILL", "25", str(first), "--", PYTHON, "-c", COMMAND, str(pids)]
+    )
+    wait_until(pids.exists, timeout=25, what="the command and its child running")
+    waiter = subprocess.Popen(
+        [str(second), "--timeout", "120", "--", PYTHON, "-c", LOOK, str(pids), str(seen)]
+    )
+    wait_until(lambda: waiting(farm, "app/1"), timeout=25, what="the other unit waiting")
+    assert launcher.wait(timeout=60) == -signal.SIGKILL
+    assert waiter.wait(timeout=120) == 0
+    assert json.loads(seen.read_text()) == [], "the command ran while another unit held"
+
+
+TOLD = (  # records whether it was told (SIGTERM) or ran to its end; argv[2] says it runs
+    "import pathlib, signal, sys, time\n"
+    "out = pathlib.Path(sys.argv[1])\n"
+    "def told(signum, frame):\n"
+    "    out.write_text(signal.Signals(signum).name)\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, told)\n"
+    "pathlib.Path(sys.argv[2]).write_text('running')\n"
+    "time.sleep(40)\n"
+    "out.write_text('ran to its end')\n"
+)
+
+
+def force_release(farm: WorkerFarm, client) -> None:
+    DomainControl(client, farm.cluster.prefix, 1).release_holders("app/0")
+
+
+def stop_worker(farm: WorkerFarm, _client) -> None:
+    farm.processes["app/0"].send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("end", [force_release, stop_worker], ids=["force-release", "stop"])
+def test_a_hold_lost_while_the_command_runs_sigterms_it_at_once_and_exits_70(
+    farm, client, tmp_path, end
+):
+    command = lock_command(farm, "app/0", tmp_path)
+    out, running = tmp_path / "out", tmp_path / "running"
+    launcher = subprocess.Popen(
+        [str(command), "--", PYTHON, "-c", TOLD, str(out), str(running)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(running.exists, timeout=60, what="the command running")
+    end(farm, client)
+    _, stderr = launcher.communicate(timeout=60)
+    assert out.read_text() == "SIGTERM", "told when the hold ended, not left to run"
+    assert launcher.returncode == EXIT_LOST, stderr
+    assert "the lock was lost" in stderr
+
+
+def test_the_charm_sees_a_running_hold_and_none_once_it_ended(farm, tmp_path):
+    command = lock_command(farm, "app/0", tmp_path)
+    state_dir = farm.config("app/0").state_dir
+    running, go = tmp_path / "running", tmp_path / "go"
+    wait_for_go = (
+        "import pathlib, sys, time\n"
+        "pathlib.Path(sys.argv[1]).write_text('running')\n"
+        "while not pathlib.Path(sys.argv[2]).exists():\n"
+        "    time.sleep(0.05)\n"
+    )
+    argv = [str(command), "--holder", "nightly backup", "--", PYTHON, "-c", wait_for_go]
+    launcher = subprocess.Popen([*argv, str(running), str(go)])
+    wait_until(running.exists, timeout=60, what="the command running")
+    (hold,) = live_holds(state_dir)
+    assert (hold.holder, hold.context) == ("nightly backup", "command")
+    assert hold.token > 0
+    go.touch()
+    assert launcher.wait(timeout=60) == 0
+    assert live_holds(state_dir) == ()
