@@ -171,8 +171,8 @@ class WorkerLifecycle:
         write_private(paths.worker_config, config.model_dump_json(indent=2))
         command = self._command
         socket = config.sync_socket
-        write_private(paths.lock_command, launcher(command.python, command.python_path, socket))
-        paths.lock_command.chmod(0o700)
+        source = launcher(command.python, command.python_path, socket)
+        write_private(paths.lock_command, source, mode=0o700)
         etcd = config.etcd
         return digest_of((paths.worker_config, etcd.ca_file, etcd.cert_file, etcd.key_file))
 

@@ -53,15 +53,16 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def write_private(path: Path, content: str) -> bool:
-    """Write ``content`` to ``path`` with mode 0600, atomically; return whether it changed.
+def write_private(path: Path, content: str, mode: int = FILE_MODE) -> bool:
+    """Write ``content`` to ``path`` with ``mode`` (0600), atomically; whether it changed.
 
-    The temporary file is created 0600 in the same directory, so the content is never
-    readable by anyone else, not even for a moment, and a reader never sees half a file.
+    The temporary file is created 0600 in the same directory and given ``mode`` before it
+    takes the path, so the content is never readable by anyone else, not even for a moment,
+    a reader never sees half a file, and an executable (0700) is never briefly not one.
     ``os.replace`` replaces a link at ``path`` itself, never its target.
     """
     private_dir(path.parent)
-    if _read_repaired(path) == content:
+    if _read_repaired(path, mode) == content:
         return False
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)  # something is in the way of a file we own: it goes
@@ -69,6 +70,7 @@ def write_private(path: Path, content: str) -> bool:
     try:
         with os.fdopen(fd, "w") as out:
             out.write(content)
+            os.fchmod(out.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,8 +90,8 @@ def read_private(path: Path) -> str:
     return _read_repaired(path) or ""
 
 
-def _read_repaired(path: Path) -> str | None:
-    """The text of the regular file at ``path`` after repairing it, else None."""
+def _read_repaired(path: Path, mode: int = FILE_MODE) -> str | None:
+    """The text of the regular file at ``path`` after repairing it to ``mode``, else None."""
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError:
@@ -97,7 +99,7 @@ def _read_repaired(path: Path) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        _make_private(fd, FILE_MODE)
+        _make_private(fd, mode)
         with os.fdopen(fd, "rb", closefd=False) as handle:
             return handle.read().decode()
     except (OSError, UnicodeDecodeError):
