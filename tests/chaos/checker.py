@@ -62,6 +62,8 @@ class Verdict:
     lost: list[str] = field(default_factory=list[str])
     doubled: list[str] = field(default_factory=list[str])
     token_regressions: list[str] = field(default_factory=list[str])
+    repeats_excused: list[str] = field(default_factory=list[str])
+    """Attempts started again after a lost lock or as a told re-run after a kill."""
 
     @property
     def ok(self) -> bool:
@@ -71,7 +73,8 @@ class Verdict:
         return (
             f"{self.holds} holds, {len(self.overlaps_excused)} excused overlaps, "
             f"{len(self.violations)} violations, {len(self.lost)} lost, "
-            f"{len(self.doubled)} run twice, {len(self.token_regressions)} token regressions"
+            f"{len(self.doubled)} run twice, {len(self.token_regressions)} token regressions, "
+            f"{len(self.repeats_excused)} excused repeats"
         )
 
 
@@ -139,18 +142,21 @@ def judge(
     lost = sorted(op for op in requested if not outcomes.get(op))
     ended_twice = [op for op, found in outcomes.items() if len(found) > 1]
     starts = Counter((h.op, h.attempt) for h in holds)
-    repeated = [
-        f"{op} attempt {attempt} started {count} times"
+    repeats = {
+        f"{op} attempt {attempt} started {count} times": _excused_repeat(
+            op, attempt, holds, lock_lost, kills
+        )
         for (op, attempt), count in starts.items()
-        if count > 1 and not _excused_repeat(op, attempt, holds, lock_lost, kills)
-    ]
+        if count > 1
+    }
     return Verdict(
         holds=len(holds),
         overlaps_excused=excused,
         violations=violations,
         lost=lost,
-        doubled=sorted(ended_twice) + sorted(repeated),
+        doubled=sorted(ended_twice) + sorted(r for r, fine in repeats.items() if not fine),
         token_regressions=token_regressions(holds, lock_lost),
+        repeats_excused=sorted(r for r, fine in repeats.items() if fine),
     )
 
 

@@ -72,7 +72,8 @@ def judged_rerun(holds: list[Hold], kills: dict[str, list[float]]) -> list[str]:
 
 
 def test_a_told_rerun_after_a_kill_during_the_callback_is_not_doubled():
-    assert judged_rerun(rerun_history(), {"a": [1.0]}) == []
+    verdict = judge(rerun_history(), 1, {}, {"op4"}, {"op4": ["done"]}, kills={"a": [1.0]})
+    assert (verdict.doubled, verdict.repeats_excused) == ([], ["op4 attempt 1 started 2 times"])
 
 
 @given(
