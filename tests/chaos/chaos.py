@@ -52,6 +52,7 @@ class ChaosConfig:
     fault_gap: tuple[float, float] = (1.0, 3.0)
     op_gap: tuple[float, float] = (0.2, 0.8)
     drain_timeout: float = 120.0
+    """Seconds the drain may go without an operation leaving a queue (a stuck lock)."""
 
 
 @dataclass
