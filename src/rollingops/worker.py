@@ -61,12 +61,26 @@ EXIT_BAD_CONFIG = 2
 _RETRY_PAUSE = 0.5
 _HOOK_BACKOFF_FIRST = 1.0
 _HOOK_BACKOFF_MAX = 30.0
+"""Between the due times of two attempts of the lock-granted hook: 1 s, doubling, at most 30 s."""
 _WAKE_INTERVAL = 0.2
 """How often a worker waiting for a result looks at its own lease (a local check, no request)."""
 _SHUTDOWN_BOUND = 1.0
 """Seconds each release call may take when stopping (SIGTERM, upgrade, fallback)."""
 
 logger = logging.getLogger("rollingops.worker")
+
+
+def hook_attempt_starts(attempts: int) -> list[float]:
+    """Seconds after the first attempt of the lock-granted hook at which each attempt is due.
+
+    Counted between starts, not from the end of the attempt before, so the last one is due at
+    the sum of the backoffs whatever the hook's own run time (5 attempts: 0, 1, 3, 7, 15 s).
+    """
+    starts, backoff = [0.0], _HOOK_BACKOFF_FIRST
+    for _ in range(attempts - 1):
+        starts.append(starts[-1] + backoff)
+        backoff = min(backoff * 2, _HOOK_BACKOFF_MAX)
+    return starts
 
 
 def record(event: str, **fields: Any) -> None:
@@ -414,16 +428,21 @@ class Worker:
     def _run_granted(self, op: str) -> None:
         """Fire the lock-granted hook, then wait for the result; give up after the attempts.
 
-        A unit whose hooks cannot run must not hold the domain forever: after
-        ``hook_attempts`` failures (backoff 1 s, doubling, at most 30 s) the operation ends as
-        ``hook-failed`` and the lock goes to the next unit.
+        A unit whose hooks cannot run must not hold the domain forever. Each attempt is due at
+        a fixed time after the first one started (``hook_attempt_starts``: 0, 1, 3, 7 and 15 s
+        by default), or when the attempt before it ended if that is later; none starts after
+        the last due time. So a failing hook's own run time does not add to the backoff: the
+        operation ends as ``hook-failed`` at most the last due time plus one hook's run time
+        after the first attempt started, and the lock goes to the next unit.
         """
         hook = self.config.lock_granted_hook
-        backoff, failure = _HOOK_BACKOFF_FIRST, ""
-        for attempt in range(1, self.config.hook_attempts + 1):
-            if attempt > 1 and (self.stop.wait(backoff) or self._operation_gone(op)):
+        starts = hook_attempt_starts(self.config.hook_attempts)
+        first, failures, failure = time.monotonic(), 0, ""
+        for due in starts:
+            if failures and time.monotonic() > first + starts[-1]:
+                break  # the retries' window is over: another run would only hold the lock longer
+            if failures and not self._await_attempt(op, first + due):
                 return
-            backoff = min(backoff * 2, _HOOK_BACKOFF_MAX)
             if (lost := self._lost_lock()) is not None:
                 self._end_lost(self._current_snapshot(), lost)
                 return
@@ -432,15 +451,19 @@ class Worker:
             except HookFailedError as error:
                 if self.stop.is_set():
                     return
-                failure = str(error)
-                record("hook-failed", hook=hook, error=failure, attempt=attempt)
+                failures, failure = failures + 1, str(error)
+                record("hook-failed", hook=hook, error=failure, attempt=failures)
                 continue
             record("hook-fired", hook=hook)
             self._wait_for_result(op)
             return
-        reason = f"{hook} failed {self.config.hook_attempts} times; last: {failure}"
+        reason = f"{hook} failed {failures} times; last: {failure}"
         self._end(self._current_snapshot(), Outcome.HOOK_FAILED, reason)
         self._release()
+
+    def _await_attempt(self, op: str, due: float) -> bool:
+        """Wait until the monotonic time ``due``; ``False`` if stopping or ``op`` is gone."""
+        return not (self.stop.wait(max(due - time.monotonic(), 0)) or self._operation_gone(op))
 
     def _operation_gone(self, op: str) -> bool:
         """Whether the running operation ``op`` left the queue meanwhile (``cancel``, revoked).

@@ -57,11 +57,14 @@ class WorkerConfig(BaseModel):
     """Seconds etcd may stay unreachable before the worker fires the failure hook and exits."""
     hook_timeout: Annotated[float, Field(gt=0, le=3600)] = 600.0
     hook_attempts: Annotated[int, Field(ge=1, le=100)] = 5
-    """Times the lock-granted hook is fired before its operation is given up (``hook-failed``).
+    """Times, at most, the lock-granted hook is fired before its operation is given up.
 
-    Between attempts the worker waits 1 s, then twice as long each time, at most 30 s (with the
-    default: 1 + 2 + 4 + 8 = 15 s). A unit whose agent cannot run hooks must not keep the whole
-    domain waiting: after the last failure the lock goes to the next unit.
+    The attempts are due 1 s apart, then twice as long each time, at most 30 s, counted between
+    their starts (with the default: 0, 1, 3, 7 and 15 s after the first one started). One that
+    falls due while the attempt before it still runs starts when that one ends, and none starts
+    after the last due time. So the operation ends ``hook-failed`` at most 15 s plus one hook's
+    own run time (bounded by ``hook_timeout``) after its first attempt: a unit whose agent
+    cannot run hooks must not keep the whole domain waiting, the lock goes to the next unit.
     """
 
     @classmethod

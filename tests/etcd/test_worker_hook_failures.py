@@ -8,18 +8,26 @@ from etcd_helpers import WorkerFarm, distro_build, operation, wait_until
 from test_worker import events, finished
 
 from rollingops.models import Outcome
+from rollingops.worker import hook_attempt_starts
 from rollingops.worker_config import WorkerConfig
 
 DEFAULT_ATTEMPTS = WorkerConfig.model_fields["hook_attempts"].default
+WINDOW = hook_attempt_starts(DEFAULT_ATTEMPTS)[-1]
+"""When the last attempt is due after the first started: 15 s."""
+HOOK_RUN = 4.0
+"""A failing hook's own run time, long enough that five runs and the backoff would take 35 s."""
+SLACK = 4.0
 __all__ = ["distro_build"]  # the worker's retry backoff (31 s), not etcd: one build (etcd_helpers)
 
 
-def failing_runner(farm: WorkerFarm) -> tuple[Path, Path]:
-    """A juju-exec that records each call, then fails like an unreachable unit agent."""
+def failing_runner(farm: WorkerFarm, seconds: float = 0.0) -> tuple[Path, Path]:
+    """A juju-exec that records when it was called and how, runs ``seconds``, then fails like
+    an unreachable unit agent."""
     calls = farm.root / "failing-calls"
     runner = farm.root / "failing-juju-exec"
     runner.write_text(
-        f'#!/bin/sh\necho "$*" >> {calls}\necho "cannot reach the unit agent" >&2\nexit 1\n'
+        f'#!/bin/sh\necho "$(date +%s.%N) $*" >> {calls}\nsleep {seconds}\n'
+        'echo "cannot reach the unit agent" >&2\nexit 1\n'
     )
     runner.chmod(0o755)
     return runner, calls
@@ -48,3 +56,17 @@ def test_a_hook_that_keeps_failing_drops_the_operation_and_frees_the_lock(farm, 
     )
     assert len(told) == 1
     assert farm.processes["app/0"].poll() is None, "a failed queue-changed hook is not fatal"
+
+
+def test_a_slow_failing_hook_is_given_up_within_the_window_plus_one_run(farm, client):
+    """The backoff counts between the attempts' starts: the hooks' own run times used to add
+    to it (4 s hooks held the lock 35 s where 15 s was documented)."""
+    runner, calls = failing_runner(farm, seconds=HOOK_RUN)
+    farm.start("app/0", hook_runner=runner)
+    farm.enqueue(client, "app/0", operation("doomed"))
+    (dropped,) = finished(farm, client, "app/0", 1)
+    assert dropped.outcome is Outcome.HOOK_FAILED
+    (ended,) = events(farm, "app/0", "operation-ended")
+    starts = [float(c.split()[0]) for c in calls.read_text().splitlines() if "lock-granted" in c]
+    assert starts[-1] - starts[0] <= WINDOW + 1, "no attempt starts after the window"
+    assert WINDOW <= ended["ts"] - starts[0] <= WINDOW + HOOK_RUN + SLACK
