@@ -18,7 +18,7 @@ def _simulate(etcd: EtcdCluster | None, tmp_path: Path) -> Iterator[Callable[...
         built.append(cluster)
         for _ in range(machines):
             cluster.add_machine()
-        cluster.settle()
+        cluster.settle(timeout=120)  # 6 s when idle; a loaded CI machine took more than 30 s
         return cluster
 
     yield build

@@ -15,7 +15,7 @@ from test_rolling import events, request_in_order
 
 
 def worker_events(cluster: Cluster, unit: str, name: str) -> list[dict[str, Any]]:
-    log = cluster.root / "state" / unit.replace("/", "-") / "worker.log"
+    log = cluster.unit_dir(unit) / "worker.log"
     return [e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == name]
 
 

@@ -16,6 +16,11 @@ between them. What is simulated is Juju:
 - **Workers fire custom hooks** through ``juju_exec.py``, which asks the simulator over a Unix
   socket and blocks until the hook has run, like juju-exec waiting for the machine lock.
 - **Leader election** and **unit add/remove** run the hooks Juju would run.
+- **Machines** have their own filesystem for rollingops: each unit's directory lives under its
+  machine's ``state_base`` (``/var/lib/rollingops`` on a real machine). A second pair of
+  applications (another principal, its own rollingops application) can be placed on a machine
+  that already has one (``add_colocated``): two rollingops units then share the machine, its
+  hook lock and its state base, as two subordinates of different applications do under Juju.
 
 It counts hook executions per unit and keeps a timeline of hooks: when each was queued,
 started and ended, and why it was queued. A hook's wait between queued and started is the
@@ -46,14 +51,16 @@ from ops import testing
 from rollingops_charm.charm import RollingOpsCharm
 from rollingops_charm.unit_record import UnitRecord
 from scenario.state import _Event  # pyright: ignore[reportPrivateUsage]
-from testbed.charmed_etcd import ETCD_ID, EtcdAnswer, connect
+from testbed.charmed_etcd import ETCD_ID, CharmedEtcd, EtcdAnswer, connect
 from testbed.etcd import EtcdCluster
 from testbed.workers import settings_for
 
 from rollingops.control import DomainControl
 from rollingops.etcd_client import EtcdClient, EtcdError
 from rollingops.models import UnitQueue
+from rollingops.semaphore import Contender
 from rollingops.store import OperationStore
+from rollingops.worker_config import BASE_ENV
 from rollingops_sim.principal_charm import PrincipalCharm
 
 HERE = Path(__file__).resolve().parent
@@ -68,19 +75,44 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+@dataclass(frozen=True)
+class AppPair:
+    """A principal application and the rollingops application subordinate to it.
+
+    Relation ids are model-wide in Juju, so each pair has its own. Units are numbered after
+    their machine: ``rollingops/3`` and ``principal/3`` are on machine 3.
+    """
+
+    sub: str
+    principal: str
+    peer_id: int
+    container_base: int
+    etcd_id: int
+
+    def container_id(self, machine: int) -> int:
+        """The container-scoped relation of the two units on ``machine``."""
+        return self.container_base + machine
+
+
+MAIN = AppPair(SUB_APP, PRINCIPAL_APP, PEER_ID, CONTAINER_BASE, ETCD_ID)
+COLOCATED = AppPair("rollingops-b", "principal-b", PEER_ID + 1, 10 * CONTAINER_BASE, ETCD_ID + 10)
+"""The second pair, placed on machines of the first (``Cluster.add_colocated``)."""
+
+
 def principal_context(
-    principal: PrincipalCharm, charm: type, root: Path, machine: int
+    principal: PrincipalCharm, charm: type, root: Path, unit: str
 ) -> testing.Context[Any]:
-    """The ops.testing context of the principal on ``machine`` (also for side hooks)."""
-    charm_root = root / "charms" / f"{PRINCIPAL_APP}-{machine}"
+    """The ops.testing context of principal ``unit`` (also for side hooks)."""
+    app, number = unit.split("/")
+    charm_root = root / "charms" / unit.replace("/", "-")
     charm_root.mkdir(parents=True, exist_ok=True)
     return testing.Context(
         charm,
         meta=principal.meta(),
         actions=principal.actions(),
         config=principal.config(),
-        app_name=PRINCIPAL_APP,
-        unit_id=machine,
+        app_name=app,
+        unit_id=int(number),
         charm_root=charm_root,
     )
 
@@ -93,6 +125,7 @@ class SimUnit:
     machine: int
     ctx: testing.Context[Any]
     state: testing.State
+    pair: AppPair = MAIN
 
     @property
     def app(self) -> str:
@@ -170,7 +203,8 @@ class Cluster:
     max_running: int = 0
     """Most subordinates ever running an operation at once, checked after every hook."""
     _server: _HookRequests | None = None
-    _answer: EtcdAnswer | None = None
+    _answers: dict[str, EtcdAnswer] = field(default_factory=dict[str, EtcdAnswer])
+    """charmed-etcd's answer to each rollingops application, by name."""
     model: testing.Model = field(default_factory=testing.Model)
     """One model for every unit: the etcd user's name depends on its uuid."""
     _side: dict[int, _SideHook] = field(default_factory=dict[int, "_SideHook"])
@@ -188,7 +222,6 @@ class Cluster:
         socket_path = self.root / "sim.sock"
         os.environ.update(
             {
-                "ROLLINGOPS_STATE_DIR": str(self.root / "state"),
                 "ROLLINGOPS_HOOK_RUNNER": str(runner),
                 "ROLLINGOPS_SIM_SOCKET": str(socket_path),
                 "ROLLINGOPS_DEMO_RECORD": str(self.record_file),
@@ -196,9 +229,8 @@ class Cluster:
         )
         self._server = _HookRequests(socket_path, self)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self._answer = (
-            connect(self.etcd, app=SUB_APP, model=self.model) if self.etcd is not None else None
-        )
+        if self.etcd is not None:
+            self._answers[SUB_APP] = connect(self.etcd, app=SUB_APP, model=self.model)
         self._principal_class = self.principal.charm_class()
         self._endpoint = self.principal.endpoint()
 
@@ -207,57 +239,84 @@ class Cluster:
         """What the demo principals recorded (start/end of each restart, with tokens)."""
         return self.root / "record.jsonl"
 
+    def state_base(self, machine: int) -> Path:
+        """``/var/lib/rollingops`` of ``machine``: where its rollingops units keep their files."""
+        return self.root / "machines" / str(machine)
+
+    def unit_dir(self, unit: str) -> Path:
+        """A rollingops unit's own directory on its machine."""
+        return self.state_base(self.units[unit].machine) / unit.replace("/", "-")
+
     def add_machine(self) -> int:
         """A new machine with both units, set up and related like Juju would."""
         machine = len({u.machine for u in self.units.values()})
-        sub, principal = f"{SUB_APP}/{machine}", f"{PRINCIPAL_APP}/{machine}"
+        self._add_pair(MAIN, machine)
+        return machine
+
+    def add_colocated(self, machine: int) -> str:
+        """The second pair's units on ``machine``, beside the first's; the new subordinate.
+
+        Its rollingops application has its own identity, etcd user and peer relation, and the
+        same ``cluster-id`` (the test bed grants one prefix): one lock domain for both.
+        """
+        if COLOCATED.sub not in self._answers and self.etcd is not None:
+            provider = CharmedEtcd(
+                self.etcd,
+                requirer_app=COLOCATED.sub,
+                deployment=self._answers[SUB_APP].provider.world,
+                relation_id=COLOCATED.etcd_id,
+            )
+            self._answers[COLOCATED.sub] = connect(
+                self.etcd, app=COLOCATED.sub, model=self.model, provider=provider
+            )
+        return self._add_pair(COLOCATED, machine)
+
+    def _add_pair(self, pair: AppPair, machine: int) -> str:
+        """Both units of ``pair`` on ``machine``, with the hooks Juju runs for them."""
+        sub, principal = f"{pair.sub}/{machine}", f"{pair.principal}/{machine}"
         self.units[sub] = SimUnit(
-            sub, machine, self._sub_context(machine), self._sub_state(machine)
+            sub, machine, self._sub_context(pair, machine), self._sub_state(pair, machine), pair
         )
         self.units[principal] = SimUnit(
-            principal, machine, self._principal_context(machine), self._principal_state(machine)
+            principal,
+            machine,
+            principal_context(self.principal, self._principal_class, self.root, principal),
+            self._principal_state(pair, machine),
+            pair,
         )
         for hook in ("install", "config_changed", "start"):
             self._queue(principal, hook, lambda u, h=hook: getattr(u.ctx.on, h)())
             self._queue(sub, hook, lambda u, h=hook: getattr(u.ctx.on, h)())
         if self.etcd is not None:
-            self._queue(
-                sub,
-                "etcd-relation-joined",
-                _relation_event("joined", ETCD_ID, 0),
-            )
+            self._queue(sub, "etcd-relation-joined", _relation_event("joined", pair.etcd_id, 0))
         self._join_peers(sub)
-        container = CONTAINER_BASE + machine
         self._queue(
             principal,
             "rollingops-relation-joined",
-            _relation_event("joined", container, machine),
+            _relation_event("joined", pair.container_id(machine), machine),
         )
-        return machine
+        return sub
 
-    def _sub_context(self, machine: int) -> testing.Context[Any]:
-        charm_root = self.root / "charms" / f"{SUB_APP}-{machine}"
+    def _sub_context(self, pair: AppPair, machine: int) -> testing.Context[Any]:
+        charm_root = self.root / "charms" / f"{pair.sub}-{machine}"
         charm_root.mkdir(parents=True, exist_ok=True)
         return testing.Context(
             RollingOpsCharm,
             meta=_load_yaml(ROOT / "metadata.yaml"),
             actions=_load_yaml(ROOT / "actions.yaml"),
             config=_load_yaml(ROOT / "config.yaml"),
-            app_name=SUB_APP,
+            app_name=pair.sub,
             unit_id=machine,
             charm_root=charm_root,
         )
 
-    def _principal_context(self, machine: int) -> testing.Context[Any]:
-        return principal_context(self.principal, self._principal_class, self.root, machine)
-
-    def _sub_state(self, machine: int) -> testing.State:
+    def _sub_state(self, pair: AppPair, machine: int) -> testing.State:
         relations: set[testing.RelationBase] = {
-            testing.PeerRelation("cluster", id=PEER_ID),
+            testing.PeerRelation("cluster", id=pair.peer_id),
             testing.SubordinateRelation(
                 "rollingops",
-                id=CONTAINER_BASE + machine,
-                remote_app_name=PRINCIPAL_APP,
+                id=pair.container_id(machine),
+                remote_app_name=pair.principal,
                 remote_unit_id=machine,
             ),
         }
@@ -267,36 +326,39 @@ class Cluster:
             "lease-ttl": self.lease_ttl,
             "etcd-failure-deadline": 5,
         }
-        if self._answer is not None:
-            relations.add(self._answer.relation)
-            secrets |= set(self._answer.secrets)
-            config |= self._answer.config
-        leader = not any(u.app == SUB_APP for u in self.units.values())
+        answer = self._answers.get(pair.sub)
+        if answer is not None:
+            relations.add(answer.relation)
+            secrets |= set(answer.secrets)
+            config |= answer.config
+        leader = not self._subs(pair.sub)
         return testing.State(
             relations=relations, secrets=secrets, config=config, leader=leader, model=self.model
         )
 
-    def _principal_state(self, machine: int) -> testing.State:
+    def _principal_state(self, pair: AppPair, machine: int) -> testing.State:
         relation: testing.RelationBase = (
             testing.SubordinateRelation(
                 self._endpoint,
-                id=CONTAINER_BASE + machine,
-                remote_app_name=SUB_APP,
+                id=pair.container_id(machine),
+                remote_app_name=pair.sub,
                 remote_unit_id=machine,
             )
             if self.principal.container_scoped()
             else testing.Relation(
                 self._endpoint,
-                id=CONTAINER_BASE + machine,
-                remote_app_name=SUB_APP,
+                id=pair.container_id(machine),
+                remote_app_name=pair.sub,
                 remote_units_data={machine: {}},
             )
         )
-        return testing.State(relations={relation}, leader=machine == 0, model=self.model)
+        leader = not any(u.app == pair.principal for u in self.units.values())
+        return testing.State(relations={relation}, leader=leader, model=self.model)
 
     def _join_peers(self, sub: str) -> None:
         newcomer = self.units[sub]
-        for other in self._subs():
+        peer_id = newcomer.pair.peer_id
+        for other in self._subs(newcomer.app):
             if other.name == sub:
                 continue
             self._set_peer_data(other, newcomer.machine, {})
@@ -304,28 +366,32 @@ class Cluster:
             self._queue(
                 other.name,
                 "cluster-relation-joined",
-                _relation_event("joined", PEER_ID, newcomer.machine),
+                _relation_event("joined", peer_id, newcomer.machine),
             )
             self._queue(
-                sub, "cluster-relation-joined", _relation_event("joined", PEER_ID, other.machine)
+                sub, "cluster-relation-joined", _relation_event("joined", peer_id, other.machine)
             )
 
     def remove_machine(self, machine: int) -> None:
         """Take a machine away: its subordinate stops (its worker with it), peers see it go."""
-        sub = f"{SUB_APP}/{machine}"
+        self.remove_pair(f"{SUB_APP}/{machine}")
+
+    def remove_pair(self, sub: str) -> None:
+        """Remove subordinate ``sub`` and its principal: it stops, its peers see it go."""
+        unit = self.units[sub]
         for hook in ("stop", "remove"):
             self._queue(sub, hook, lambda u, h=hook: getattr(u.ctx.on, h)())
         self.run_until(lambda: not self._pending, timeout=60)
         del self.units[sub]
-        del self.units[f"{PRINCIPAL_APP}/{machine}"]
-        for other in self._subs():
-            relation = other.state.get_relation(PEER_ID)
-            data = {k: v for k, v in relation.peers_data.items() if k != machine}  # type: ignore[union-attr]
+        del self.units[f"{unit.pair.principal}/{unit.machine}"]
+        for other in self._subs(unit.app):
+            relation = other.state.get_relation(unit.pair.peer_id)
+            data = {k: v for k, v in relation.peers_data.items() if k != unit.machine}  # type: ignore[union-attr]
             self._replace_relation(other, dataclasses.replace(relation, peers_data=data))
             self._queue(
                 other.name,
                 "cluster-relation-departed",
-                _relation_event("departed", PEER_ID, machine),
+                _relation_event("departed", unit.pair.peer_id, unit.machine),
             )
 
     def elect(self, machine: int) -> None:
@@ -342,14 +408,15 @@ class Cluster:
         callback: str = "restart",
         kwargs: dict[str, Any] | None = None,
         max_retry: int | None = None,
+        pair: AppPair = MAIN,
     ) -> str:
-        """The principal on ``machine`` requests an operation (through its action)."""
+        """The principal of ``pair`` on ``machine`` requests an operation (through its action)."""
         params = {
             "callback": callback,
             "kwargs": json.dumps(kwargs or {}),
             "max-retry": -1 if max_retry is None else max_retry,
         }
-        unit = self.units[f"{PRINCIPAL_APP}/{machine}"]
+        unit = self.units[f"{pair.principal}/{machine}"]
         action = Hook(
             unit.name,
             "restart-action",
@@ -361,9 +428,12 @@ class Cluster:
 
     def trigger(self, machine: int, hook: str = "config-changed") -> None:
         """Run a plain hook on the principal of ``machine`` (a charm that requests in it)."""
-        unit = f"{PRINCIPAL_APP}/{machine}"
-        event = hook.replace("-", "_")
-        self._execute(Hook(unit, hook, lambda u: getattr(u.ctx.on, event)(), cause=OPERATOR))
+        self.hook(f"{PRINCIPAL_APP}/{machine}", hook)
+
+    def hook(self, unit: str, name: str) -> None:
+        """Run the plain hook ``name`` (``config-changed``, ``upgrade-charm``...) on ``unit``."""
+        event = name.replace("-", "_")
+        self._execute(Hook(unit, name, lambda u: getattr(u.ctx.on, event)(), cause=OPERATOR))
 
     def configure(self, unit: str, config: dict[str, Any]) -> None:
         """Set ``unit``'s charm config (what ``juju config`` would, without the hook)."""
@@ -435,10 +505,11 @@ class Cluster:
         context in ``os.environ``, which two hooks in one process would share.
         """
         sim = self.units[unit]
-        assert sim.app == PRINCIPAL_APP, "only principal hooks run on the side"
+        assert sim.app == sim.pair.principal, "only principal hooks run on the side"
         assert sim.machine not in self._side, "one hook at a time per machine"
         side = _SideHook(Hook(unit, name, lambda u: getattr(u.ctx.on, name)()), sim.state)
-        job = pickle.dumps((self.principal, str(self.root), sim.machine, name, sim.state))
+        job = pickle.dumps((self.principal, str(self.root), unit, name, sim.state))
+        env = {**os.environ, BASE_ENV: str(self.state_base(sim.machine))}
 
         def run() -> None:
             done = subprocess.run(
@@ -446,6 +517,7 @@ class Cluster:
                 input=job,
                 capture_output=True,
                 check=False,
+                env=env,
             )
             if done.returncode:
                 side.error = RuntimeError(f"{unit} {name} failed: {done.stderr.decode()[-2000:]}")
@@ -523,10 +595,13 @@ class Cluster:
 
     def contenders(self) -> list[str]:
         """Owners in the domain's lock queue, holders first."""
+        return [c.owner for c in self.lock_queue()]
+
+    def lock_queue(self) -> list[Contender]:
+        """The domain's lock queue, holders first: owner, token, lease, synchronous or not."""
         assert self.etcd is not None
         with EtcdClient(settings_for(self.etcd)) as client:
-            control = DomainControl(client, self.etcd.prefix, self.max_concurrent)
-            return [c.owner for c in control.contenders()]
+            return DomainControl(client, self.etcd.prefix, self.max_concurrent).contenders()
 
     def hold_intervals(self) -> list[tuple[str, float, float]]:
         """(unit, acquired, releasing) from every worker's log: inside each real hold.
@@ -548,7 +623,7 @@ class Cluster:
     def worker_logs(self) -> dict[str, list[dict[str, Any]]]:
         """Every worker's log so far, by unit: JSON entries with ``ts`` (epoch) and ``event``."""
         logs: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-        for log in (self.root / "state").glob("*/worker.log"):
+        for log in (self.root / "machines").glob("*/*/worker.log"):
             text = log.read_text()
             for line in text[: text.rfind("\n") + 1].splitlines():  # not a line being written
                 entry = json.loads(line)
@@ -589,8 +664,9 @@ class Cluster:
         """Stop every subordinate (and so its worker) and the hook server."""
         if self._client is not None:
             self._client.close()
-        for unit in self._subs():
-            self._queue(unit.name, "stop", lambda u: u.ctx.on.stop())
+        for unit in self.units.values():
+            if unit.app == unit.pair.sub:
+                self._queue(unit.name, "stop", lambda u: u.ctx.on.stop())
         try:
             self.run_until(lambda: not self._pending, timeout=60)
         finally:
@@ -627,6 +703,7 @@ class Cluster:
             return
         before = unit.state
         started = time.time()
+        os.environ[BASE_ENV] = str(self.state_base(unit.machine))  # the hook's machine
         try:
             unit.state = unit.ctx.run(hook.event(unit), before)
         finally:
@@ -642,44 +719,45 @@ class Cluster:
 
     def _propagate(self, unit: SimUnit, before: testing.State) -> None:
         """Deliver what ``unit`` wrote to the units that see it, as relation-changed."""
+        peer_id = unit.pair.peer_id
         for relation in unit.state.relations:
             old = before.get_relation(relation.id)
-            if relation.id == PEER_ID and relation.local_app_data != old.local_app_data:
+            if relation.id == peer_id and relation.local_app_data != old.local_app_data:
                 self.peer_writes["app"] += 1
                 self._deliver_app_data(unit, dict(relation.local_app_data))
             if relation.local_unit_data == old.local_unit_data:
                 continue
             data = dict(relation.local_unit_data)
-            if relation.id == PEER_ID:
+            if relation.id == peer_id:
                 self.peer_writes["unit"] += 1
-                for other in self._subs():
+                for other in self._subs(unit.app):
                     if other.name != unit.name:
                         self._set_peer_data(other, unit.machine, data)
                         self._queue(
                             other.name,
                             "cluster-relation-changed",
-                            _relation_event("changed", PEER_ID, unit.machine),
+                            _relation_event("changed", peer_id, unit.machine),
                             ("peer", unit.machine),
                             _wrote(unit),
                         )
-            elif relation.id >= CONTAINER_BASE:
+            elif relation.id == unit.pair.container_id(unit.machine):
                 self._deliver_container(unit, relation.id, data)
 
     def _deliver_app_data(self, leader: SimUnit, data: dict[str, str]) -> None:
         """The leader wrote the peer application bag: every other unit sees it change."""
-        for other in self._subs():
+        for other in self._subs(leader.app):
             if other.name == leader.name:
                 continue
-            relation = other.state.get_relation(PEER_ID)
+            relation = other.state.get_relation(leader.pair.peer_id)
             self._replace_relation(other, dataclasses.replace(relation, local_app_data=data))
-            changed = _relation_event("changed", PEER_ID, leader.machine)
+            changed = _relation_event("changed", leader.pair.peer_id, leader.machine)
             # Juju tracks the application bag apart from the units' (its own relation-changed,
             # JUJU_REMOTE_UNIT unset): it does not merge with the leader's unit-bag hook.
             key = ("peer-app",)
             self._queue(other.name, "cluster-relation-changed", changed, key, _wrote(leader))
 
     def _deliver_container(self, unit: SimUnit, relation_id: int, data: dict[str, str]) -> None:
-        partner_app = PRINCIPAL_APP if unit.app == SUB_APP else SUB_APP
+        partner_app = unit.pair.principal if unit.app == unit.pair.sub else unit.pair.sub
         partner = self.units[f"{partner_app}/{unit.machine}"]
         relation = partner.state.get_relation(relation_id)
         if isinstance(relation, testing.SubordinateRelation):
@@ -696,7 +774,7 @@ class Cluster:
         )
 
     def _set_peer_data(self, unit: SimUnit, peer: int, data: dict[str, str]) -> None:
-        relation = unit.state.get_relation(PEER_ID)
+        relation = unit.state.get_relation(unit.pair.peer_id)
         peers = {**relation.peers_data, peer: data}  # type: ignore[union-attr]
         self._replace_relation(unit, dataclasses.replace(relation, peers_data=peers))
 
@@ -705,8 +783,8 @@ class Cluster:
         others = {r for r in unit.state.relations if r.id != relation.id}
         unit.state = dataclasses.replace(unit.state, relations={*others, relation})
 
-    def _subs(self) -> list[SimUnit]:
-        return [u for u in self.units.values() if u.app == SUB_APP]
+    def _subs(self, app: str = SUB_APP) -> list[SimUnit]:
+        return [u for u in self.units.values() if u.app == app]
 
 
 @dataclass

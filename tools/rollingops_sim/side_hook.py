@@ -1,6 +1,6 @@
 """Run one principal hook in a process of its own, for ``Cluster.start_on_the_side``.
 
-Reads ``(principal charm, root, machine, hook name, state)`` pickled on stdin (from our
+Reads ``(principal charm, root, unit, hook name, state)`` pickled on stdin (from our
 parent), runs the hook with the same ops.testing context the simulator uses, and writes the
 output state pickled on stdout.
 """
@@ -15,8 +15,8 @@ from rollingops_sim.cluster import principal_context
 
 
 def main() -> int:
-    principal, root, machine, name, state = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
-    context = principal_context(principal, principal.charm_class(), Path(root), machine)
+    principal, root, unit, name, state = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
+    context = principal_context(principal, principal.charm_class(), Path(root), unit)
     out = context.run(getattr(context.on, name)(), state)
     sys.stdout.buffer.write(pickle.dumps(out))
     return 0
