@@ -19,6 +19,26 @@ MAX_READ = 256 * 1024
 """Most bytes read from the log at once (a hook relays at most this much)."""
 
 
+_REFUSED_CERTIFICATE = ("BAD_CERTIFICATE", "CERTIFICATE_EXPIRED")
+"""TLS alerts gRPC reports when etcd refuses our client certificate in the handshake."""
+
+
+def _etcd_error(error: object) -> str:
+    """An etcd error, with what a refused certificate means.
+
+    etcd's alert carries no reason: a certificate that etcd's clock finds expired or not yet
+    valid (clock skew between this machine and etcd) reads the same as an untrusted one, and
+    as nothing an operator would recognise.
+    """
+    text = str(error)
+    if any(alert in text.upper() for alert in _REFUSED_CERTIFICATE):
+        return (
+            "etcd refused this unit's client certificate (expired or not yet valid by etcd's "
+            f"clock, or not trusted by etcd): {text}"
+        )
+    return text
+
+
 def _op(fields: Mapping[str, Any]) -> str:
     return f"{fields.get('op')} ({fields.get('callback', '?')}, attempt {fields.get('attempt')})"
 
@@ -42,10 +62,11 @@ _MESSAGES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "operation-ended": lambda f: f"{f.get('op')} ended {f.get('outcome')}: {f.get('reason')}",
     "operation-gone": lambda f: f"{f.get('op')} was ended elsewhere (cancel or force-release)",
     "etcd-unreachable": lambda f: (
-        f"etcd unreachable for {f.get('seconds', 0):.1f} s: {f.get('error')}"
+        f"etcd unreachable for {f.get('seconds', 0):.1f} s: {_etcd_error(f.get('error'))}"
     ),
     "etcd-failed": lambda f: (
-        f"gave up: etcd unreachable past {f.get('deadline')} s; fired the etcd-failed hook"
+        f"gave up: etcd unreachable past {f.get('deadline')} s "
+        f"({_etcd_error(f.get('reason'))}); fired the etcd-failed hook"
     ),
     "sync-granted": lambda f: f"sync hold granted to {f.get('holder')} (token {f.get('token')})",
     "sync-released": lambda f: (

@@ -113,26 +113,38 @@ class CertificateAuthority:
         usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
         return self._issue(cn, usages, sans)
 
-    def issue_client_cert(self, cn: str) -> KeyPair:
-        """A CA-signed client certificate; etcd authenticates it as the user named ``cn``."""
-        return self._issue(cn, [ExtendedKeyUsageOID.CLIENT_AUTH], None)
+    def issue_client_cert(
+        self,
+        cn: str,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> KeyPair:
+        """A CA-signed client certificate; etcd authenticates it as the user named ``cn``.
+
+        ``not_before``/``not_after`` mint one that etcd's clock finds not yet valid or expired
+        (clock skew between a machine and etcd); by default it is valid for ``LIFETIME``.
+        """
+        validity = (not_before, not_after)
+        return self._issue(cn, [ExtendedKeyUsageOID.CLIENT_AUTH], None, validity)
 
     def _issue(
         self,
         cn: str,
         usages: list[x509.ObjectIdentifier],
         sans: x509.SubjectAlternativeName | None,
+        validity: tuple[dt.datetime | None, dt.datetime | None] = (None, None),
     ) -> KeyPair:
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
+        not_before, not_after = validity
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + LIFETIME)
+            .not_valid_before(not_before or now - dt.timedelta(minutes=5))
+            .not_valid_after(not_after or now + LIFETIME)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(
