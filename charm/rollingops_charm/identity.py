@@ -76,22 +76,37 @@ def client_cn(app: str, model_uuid: str, cluster_id: str) -> str:
 
 def read_identity(model: ops.Model) -> AppIdentity | None:
     """The identity from the app secret, or ``None`` before the leader created it."""
+    return _identity_of(_secret_content(model))
+
+
+def _secret_content(model: ops.Model) -> dict[str, str]:
     try:
-        content = model.get_secret(label=LABEL).get_content(refresh=True)
+        return model.get_secret(label=LABEL).get_content(refresh=True)
     except (ops.SecretNotFoundError, ops.ModelError):
-        return None
+        return {}
+
+
+def _identity_of(content: dict[str, str]) -> AppIdentity | None:
+    """The usable identity in ``content``; ``None`` if there is none (the leader replaces it).
+
+    An old CA that is not a self-signed certificate (garbled, or some other certificate) is
+    dropped: it would make every renewal check fail and reach charmed-etcd's trust store.
+    """
     try:
         identity = AppIdentity(
             ca=ClientIdentity(content["ca-key"], content["ca-cert"]),
             enrolment=ClientIdentity(content["key"], content["cert"]),
-            previous_ca_cert=content.get("previous-ca-cert", ""),
         )
     except KeyError:
-        return None  # an identity from before the client CA: the leader replaces it
+        return None  # none yet, or an identity from before the client CA
     if not _well_formed(identity):
         logger.warning("the client identity secret is not usable: the leader replaces it")
         return None
-    return identity
+    previous = content.get("previous-ca-cert", "")
+    if previous and not is_signed_by(previous, previous):
+        logger.warning("the client identity secret's previous CA is not a CA certificate: dropped")
+        previous = ""
+    return AppIdentity(identity.ca, identity.enrolment, previous)
 
 
 def _well_formed(identity: AppIdentity) -> bool:
@@ -133,12 +148,15 @@ def renewed_identity(
 
 
 def ensure_identity(model: ops.Model, cn: str) -> AppIdentity:
-    """Leader only: create the identity, or renew what is due, and store it."""
-    current = read_identity(model)
+    """Leader only: create the identity, renew what is due, or repair it; and store it."""
+    content = _secret_content(model)
+    current = _identity_of(content)
     fresh = renewed_identity(current, cn)
     if fresh is None:
         assert current is not None  # noqa: S101 - renewed_identity creates when there is none
-        return current
+        if current.content() == content:
+            return current
+        fresh = current  # stored without what _identity_of dropped
     try:
         model.get_secret(label=LABEL).set_content(fresh.content())
     except ops.SecretNotFoundError:
