@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from etcd_helpers import WorkerFarm, distro_build, wait_until
@@ -50,6 +51,12 @@ def group_signal(signum: int) -> Callable[[subprocess.Popen[bytes]], None]:
     return lambda launcher: os.killpg(launcher.pid, signum)
 
 
+def its_child_killed(launcher: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process ``rollingops-lock`` forked (before: a supervisor; now: the command)."""
+    (child,) = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    os.kill(int(child), signal.SIGKILL)
+
+
 KILLS: dict[str, Callable[[subprocess.Popen[bytes]], None]] = {
     "group SIGHUP": group_signal(signal.SIGHUP),
     "group SIGQUIT": group_signal(signal.SIGQUIT),
@@ -57,6 +64,7 @@ KILLS: dict[str, Callable[[subprocess.Popen[bytes]], None]] = {
     "group SIGTERM": group_signal(signal.SIGTERM),
     "group SIGKILL": group_signal(signal.SIGKILL),
     "launcher alone SIGKILL": lambda launcher: launcher.kill(),
+    "its forked child alone SIGKILL": its_child_killed,
 }
 
 
