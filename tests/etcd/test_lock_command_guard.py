@@ -130,7 +130,16 @@ def stop_worker(farm: WorkerFarm, _client) -> None:
     farm.processes["app/0"].send_signal(signal.SIGTERM)
 
 
-@pytest.mark.parametrize("end", [force_release, stop_worker], ids=["force-release", "stop"])
+def kill_worker(farm: WorkerFarm, _client) -> None:
+    """The worker dies without a word: its lease will free the lock; the launcher must act."""
+    farm.processes["app/0"].kill()
+
+
+@pytest.mark.parametrize(
+    "end",
+    [force_release, stop_worker, kill_worker],
+    ids=["force-release", "stop", "worker-killed"],
+)
 def test_a_hold_lost_while_the_command_runs_sigterms_it_at_once_and_exits_70(
     farm, client, tmp_path, end
 ):
