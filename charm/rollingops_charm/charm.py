@@ -200,7 +200,9 @@ class RollingOpsCharm(ops.CharmBase):
         self._sync(on_grant=True)
 
     def _on_queue_changed(self, _: ops.EventBase) -> None:
+        """The worker's queue ended other than by a result, or its last hold ended."""
         self._sync()
+        self._drive_worker()  # a restart that waited for it goes ahead now
 
     def _on_etcd_failed(self, _: ops.EventBase) -> None:
         record = self.records.load()

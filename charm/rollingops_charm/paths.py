@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rollingops.worker_config import SYNC_SOCKET_NAME, unit_dir
+from rollingops.worker_config import RESTART_PENDING_NAME, SYNC_SOCKET_NAME, unit_dir
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class UnitPaths:
     """Where the worker serves synchronous holds (published to the principal)."""
     lock_command: Path
     """``rollingops-lock`` bound to this unit's socket, for scripts on the machine (0700)."""
+    restart_pending: Path
+    """Present while a worker restart waits (``worker_lifecycle``): the worker's cue."""
 
     @classmethod
     def for_unit(cls, unit: str) -> UnitPaths:
@@ -48,4 +50,5 @@ class UnitPaths:
             worker_log=root / "worker.log",
             sync_socket=root / SYNC_SOCKET_NAME,
             lock_command=root / "rollingops-lock",
+            restart_pending=root / RESTART_PENDING_NAME,
         )

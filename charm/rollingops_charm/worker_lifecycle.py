@@ -47,8 +47,6 @@ from .paths import UnitPaths
 
 RESTART_WAIT_BOUND = dt.timedelta(hours=1)
 """How long a decided restart waits for what the worker serves before it goes ahead."""
-RESTART_PENDING_NAME = "restart-pending"
-"""A file in the unit's directory while a restart waits (the worker's cue to fire a hook)."""
 
 
 class Step(Enum):
@@ -144,10 +142,6 @@ class WorkerLifecycle:
         self._paths = paths
         self._supervisor = supervisor_for(command, paths.root)
 
-    @property
-    def _pending_marker(self) -> Path:
-        return self._paths.root / RESTART_PENDING_NAME
-
     def drive(self, config: WorkerConfig | None, operation: str | None, last: Outcome) -> Outcome:
         """One hook's step: ``config`` is what the worker should run with (``None``: not at all).
 
@@ -181,13 +175,13 @@ class WorkerLifecycle:
         now = now or utcnow()
         step = next_step(situation, now)
         if step is Step.WAIT:
-            self._pending_marker.touch(mode=0o600)
+            self._paths.restart_pending.touch(mode=0o600)
             return Outcome(
                 running_digest=situation.running_digest,
                 waiting_since=situation.waiting_since or now,
                 waiting_for=situation.busy.describe(),
             )
-        self._pending_marker.unlink(missing_ok=True)
+        self._paths.restart_pending.unlink(missing_ok=True)
         if step is Step.STOP:
             self.stop()
             return NOTHING_RUNS
@@ -197,7 +191,7 @@ class WorkerLifecycle:
     def stop(self) -> None:
         """Stop the worker now (rule 5); it tells its holders before it releases anything."""
         self._supervisor.remove()
-        self._pending_marker.unlink(missing_ok=True)
+        self._paths.restart_pending.unlink(missing_ok=True)
 
     def running(self) -> bool:
         """Whether the unit's worker process is alive."""

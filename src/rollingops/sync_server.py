@@ -103,6 +103,7 @@ class SyncServer:
         client: EtcdClient,
         control: DomainControl,
         unanswered_hold: Callable[[], str | None],
+        last_hold_ended: Callable[[], None] = lambda: None,
     ) -> None:
         self.path = config.sync_socket
         self._state_dir = config.state_dir
@@ -114,6 +115,8 @@ class SyncServer:
         self._lease_ttl = config.lease_ttl
         self._unanswered_hold = unanswered_hold
         """The operation this unit's worker holds the lock for and awaits an answer to."""
+        self._last_hold_ended = last_hold_ended
+        """Called once no hold is left after one ended (not when the worker stops)."""
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
         self._bound: tuple[int, int] | None = None
@@ -232,6 +235,7 @@ class SyncServer:
         )
         _log("sync-waiting", holder=request.holder, context=request.context, lease=f"{lease.id:x}")
         lost: str | None = None
+        held_last = False
         try:
             token = self._grant(semaphore, lease, request, session.end)
             hold = SyncHold(
@@ -244,22 +248,27 @@ class SyncServer:
         finally:
             self._end_command(session, lost)
             self._end(semaphore, lease)
-            self._publish(session, None)
+            held_last = self._publish(session, None)
         _log("sync-released", holder=request.holder, token=token, lost=lost)
         if session.released.is_set():
             session.send(Reply(outcome="released", lost=lost))
+        if held_last and not self._stop.is_set():
+            self._last_hold_ended()
 
-    def _publish(self, session: _Session, hold: SyncHold | None) -> None:
+    def _publish(self, session: _Session, hold: SyncHold | None) -> bool:
         """Note ``session``'s hold (``None``: it ended) and write every hold for the charm.
 
-        Serialised, so an older picture never overwrites a newer one.
+        Serialised, so an older picture never overwrites a newer one. Whether that ended the
+        last hold.
         """
         with self._publishing:
             if hold is None:
-                self._holds.pop(session, None)
+                ended = self._holds.pop(session, None) is not None
             else:
+                ended = False
                 self._holds[session] = hold
             self._write_holds()
+            return ended and not self._holds
 
     def _write_holds(self) -> None:
         """Write the holds (with ``_publishing`` held); a failure is logged, the hold goes on."""

@@ -134,7 +134,9 @@ class Worker:
         """Remembered until the next pass fires the queue-changed hook for it."""
         self._etcd_down = False
         """The last etcd call failed: shutting down must not wait on a dead cluster."""
-        self.sync = SyncServer(config, self.client, self._control, self._unanswered_hold)
+        self.sync = SyncServer(
+            config, self.client, self._control, self._unanswered_hold, self._last_hold_ended
+        )
 
     def run(self) -> int:
         """Serve until stopped; return the process exit code."""
@@ -430,17 +432,15 @@ class Worker:
 
         A unit whose hooks cannot run must not hold the domain forever. Each attempt is due at
         a fixed time after the first one started (``hook_attempt_starts``: 0, 1, 3, 7 and 15 s
-        by default), or when the attempt before it ended if that is later; none starts after
-        the last due time. So a failing hook's own run time does not add to the backoff: the
-        operation ends as ``hook-failed`` at most the last due time plus one hook's run time
-        after the first attempt started, and the lock goes to the next unit.
+        by default), or starts when the attempt before it ended if that is later. So a failing
+        hook's own run time does not add to the backoff: the operation ends as ``hook-failed``
+        the last due time plus the last hook's run time after the first attempt started (a
+        hook slower than the gap to the next due time delays it by the excess), and the lock
+        goes to the next unit.
         """
         hook = self.config.lock_granted_hook
-        starts = hook_attempt_starts(self.config.hook_attempts)
         first, failures, failure = time.monotonic(), 0, ""
-        for due in starts:
-            if failures and time.monotonic() > first + starts[-1]:
-                break  # the retries' window is over: another run would only hold the lock longer
+        for due in hook_attempt_starts(self.config.hook_attempts):
             if failures and not self._await_attempt(op, first + due):
                 return
             if (lost := self._lost_lock()) is not None:
@@ -496,6 +496,22 @@ class Worker:
             return
         hook = self.config.queue_changed_hook
         record("queue-changed", op=untold.op, why=untold.why)
+        try:
+            self.hooks.fire(hook, self.stop)
+        except HookFailedError as error:
+            record("hook-failed", hook=hook, error=str(error))
+
+    def _last_hold_ended(self) -> None:
+        """Called from a sync hold's thread: tell the charm if it waits to restart this worker.
+
+        The charm holds a decided restart back while holds run (``restart-pending`` says so);
+        no hook of its own follows a hold's end, so the worker fires one, and the restart does
+        not wait for the next ``update-status``.
+        """
+        if not self.config.restart_pending.exists():
+            return
+        hook = self.config.queue_changed_hook
+        record("restart-cue", hook=hook)
         try:
             self.hooks.fire(hook, self.stop)
         except HookFailedError as error:

@@ -12,6 +12,8 @@ from .etcd_client import EtcdSettings
 
 UnitName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*/[0-9]+$", max_length=128)]
 SYNC_SOCKET_NAME = "sync.sock"
+RESTART_PENDING_NAME = "restart-pending"
+"""Written by the charm while a restart of the worker waits for what it serves."""
 DEFAULT_BASE = Path("/var/lib/rollingops")
 BASE_ENV = "ROLLINGOPS_STATE_DIR"
 """Overrides the base directory (tests and the simulator run without root paths)."""
@@ -57,14 +59,15 @@ class WorkerConfig(BaseModel):
     """Seconds etcd may stay unreachable before the worker fires the failure hook and exits."""
     hook_timeout: Annotated[float, Field(gt=0, le=3600)] = 600.0
     hook_attempts: Annotated[int, Field(ge=1, le=100)] = 5
-    """Times, at most, the lock-granted hook is fired before its operation is given up.
+    """Times the lock-granted hook is fired before its operation is given up (``hook-failed``).
 
     The attempts are due 1 s apart, then twice as long each time, at most 30 s, counted between
-    their starts (with the default: 0, 1, 3, 7 and 15 s after the first one started). One that
-    falls due while the attempt before it still runs starts when that one ends, and none starts
-    after the last due time. So the operation ends ``hook-failed`` at most 15 s plus one hook's
-    own run time (bounded by ``hook_timeout``) after its first attempt: a unit whose agent
-    cannot run hooks must not keep the whole domain waiting, the lock goes to the next unit.
+    their starts (with the default: 0, 1, 3, 7 and 15 s after the first one started); one that
+    falls due while the attempt before it still runs starts when that one ends. So the
+    operation ends ``hook-failed`` 15 s plus the last hook's own run time after its first
+    attempt, when each failing hook ends before the next attempt is due (a slower one delays
+    the next by the excess): a unit whose agent cannot run hooks must not keep the whole domain
+    waiting, the lock goes to the next unit.
     """
 
     @classmethod
@@ -76,6 +79,11 @@ class WorkerConfig(BaseModel):
     def sync_socket(self) -> Path:
         """Where the worker serves synchronous holds (``sync_server``), root only."""
         return self.state_dir / SYNC_SOCKET_NAME
+
+    @property
+    def restart_pending(self) -> Path:
+        """Present while the charm waits to restart this worker (it fires a hook when it can)."""
+        return self.state_dir / RESTART_PENDING_NAME
 
     @property
     def log_file(self) -> Path:
