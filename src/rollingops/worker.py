@@ -134,7 +134,9 @@ class Worker:
         """Remembered until the next pass fires the queue-changed hook for it."""
         self._etcd_down = False
         """The last etcd call failed: shutting down must not wait on a dead cluster."""
-        self.sync = SyncServer(config, self.client, self._control, self._unanswered_hold)
+        self.sync = SyncServer(
+            config, self.client, self._control, self._unanswered_hold, self._last_hold_ended
+        )
 
     def run(self) -> int:
         """Serve until stopped; return the process exit code."""
@@ -494,6 +496,22 @@ class Worker:
             return
         hook = self.config.queue_changed_hook
         record("queue-changed", op=untold.op, why=untold.why)
+        try:
+            self.hooks.fire(hook, self.stop)
+        except HookFailedError as error:
+            record("hook-failed", hook=hook, error=str(error))
+
+    def _last_hold_ended(self) -> None:
+        """Called from a sync hold's thread: tell the charm if it waits to restart this worker.
+
+        The charm holds a decided restart back while holds run (``restart-pending`` says so);
+        no hook of its own follows a hold's end, so the worker fires one, and the restart does
+        not wait for the next ``update-status``.
+        """
+        if not self.config.restart_pending.exists():
+            return
+        hook = self.config.queue_changed_hook
+        record("restart-cue", hook=hook)
         try:
             self.hooks.fire(hook, self.stop)
         except HookFailedError as error:

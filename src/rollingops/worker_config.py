@@ -12,6 +12,8 @@ from .etcd_client import EtcdSettings
 
 UnitName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*/[0-9]+$", max_length=128)]
 SYNC_SOCKET_NAME = "sync.sock"
+RESTART_PENDING_NAME = "restart-pending"
+"""Written by the charm while a restart of the worker waits for what it serves."""
 DEFAULT_BASE = Path("/var/lib/rollingops")
 BASE_ENV = "ROLLINGOPS_STATE_DIR"
 """Overrides the base directory (tests and the simulator run without root paths)."""
@@ -77,6 +79,11 @@ class WorkerConfig(BaseModel):
     def sync_socket(self) -> Path:
         """Where the worker serves synchronous holds (``sync_server``), root only."""
         return self.state_dir / SYNC_SOCKET_NAME
+
+    @property
+    def restart_pending(self) -> Path:
+        """Present while the charm waits to restart this worker (it fires a hook when it can)."""
+        return self.state_dir / RESTART_PENDING_NAME
 
     @property
     def log_file(self) -> Path:
