@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from rollingops_sim.cluster import Cluster
-from test_rolling import events, request_in_order
+from test_rolling import events
 
 
 def worker_events(cluster: Cluster, unit: str, name: str) -> list[dict[str, Any]]:
@@ -21,7 +21,11 @@ def worker_events(cluster: Cluster, unit: str, name: str) -> list[dict[str, Any]
 
 def test_a_stop_hook_holds_the_sync_lock_ahead_of_waiting_restarts_and_overlaps_none(simulate):
     cluster = simulate(5)
-    request_in_order(cluster, range(1, 5), seconds=2.0)
+    # Hooks run one at a time here: the side hook starts once the first restart's hook ended.
+    # The second restart outlasts that start (seconds under load: with 2 s, three restarts had
+    # begun), so the sync hold is asked while the last two still wait.
+    for machine, seconds in ((1, 2.0), (2, 10.0), (3, 2.0), (4, 2.0)):
+        cluster.wait_queued(machine, cluster.request(machine, kwargs={"seconds": seconds}))
     cluster.run_until(lambda: len(events(cluster, "start")) >= 1, timeout=30)
     cluster.configure("principal/0", {"leave-seconds": 1.0})
     cluster.start_on_the_side("principal/0", "stop")
