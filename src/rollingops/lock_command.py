@@ -254,18 +254,23 @@ def _wait(pid: int, session: Session, grant: SyncGrant) -> tuple[int, str | None
 
     The worker's ``lost`` notice comes with its SIGTERM to the command. If the worker itself
     goes without a word (killed), its lease will soon free the lock: the command's session is
-    ended here, within ``_ORPHAN_GRACE``, which is below the earliest expiry.
+    ended here, within ``_ORPHAN_GRACE``, which is below the earliest expiry. The connection
+    is listened to after a notice too: a worker closes it only once the command's session is
+    gone, so its end while the command still runs means the worker died during the command's
+    SIGTERM grace (systemd's SIGKILL at ``TimeoutStopSec``, say), and only this process is
+    left to end the command before the lease frees the lock.
     """
     lost: str | None = None
-    listening = True  # the worker says one word at most
+    listening = True
     done = os.pidfd_open(pid)
     try:
         while done not in select.select([done, grant] if listening else [done], [], [])[0]:
-            listening = False
             try:
-                lost = grant.notice()
+                word = grant.notice()  # read whatever comes, or the connection stays readable
+                lost = lost or word
             except SyncLockLostError as error:
-                lost = str(error)
+                lost = lost or str(error)
+                listening = False
                 session.end(_ORPHAN_GRACE)
     finally:
         os.close(done)

@@ -7,6 +7,7 @@ process group of its own (as a shell's job control does), still in its session; 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -177,3 +178,52 @@ def test_the_charm_sees_a_running_hold_and_none_once_it_ended(farm, tmp_path):
     go.touch()
     assert launcher.wait(timeout=60) == 0
     assert live_holds(state_dir) == ()
+
+
+STUBBORN = (  # ignores SIGTERM (notes it in argv[2]); argv[1]: its pid, once it runs
+    "import os, pathlib, signal, sys, time\n"
+    "told = pathlib.Path(sys.argv[2])\n"
+    "signal.signal(signal.SIGTERM, lambda signum, frame: told.write_text('told'))\n"
+    "pathlib.Path(sys.argv[1] + '.tmp').write_text(f'[{os.getpid()}]')\n"
+    "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+    "time.sleep(600)\n"
+)
+
+
+def test_a_worker_killed_while_its_stop_waits_for_the_command_leaves_nothing_running(
+    farm, tmp_path
+):
+    """systemd's SIGKILL at TimeoutStopSec, or any kill, during the command's SIGTERM grace.
+
+    The worker has said ``lost`` and SIGTERMed the command, which ignores it; the worker dies
+    before its SIGKILL. Its key goes at the lease's expiry: the launcher must end the command
+    by then, though it was told already (before: it stopped listening after the notice, and
+    the command ran on under the next holder).
+    """
+    first = lock_command(farm, "app/0", tmp_path)
+    second = lock_command(farm, "app/1", tmp_path)
+    pids, told, seen = tmp_path / "pids", tmp_path / "told", tmp_path / "seen"
+    launcher = subprocess.Popen(
+        [str(first), "--", PYTHON, "-c", STUBBORN, str(pids), str(told)], start_new_session=True
+    )
+    wait_until(pids.exists, timeout=60, what="the command running")
+    waiter = subprocess.Popen(
+        [str(second), "--timeout", "120", "--", PYTHON, "-c", LOOK, str(pids), str(seen)]
+    )
+    wait_until(lambda: waiting(farm, "app/1"), timeout=60, what="the other unit waiting")
+    farm.processes["app/0"].send_signal(signal.SIGTERM)
+    wait_until(told.exists, timeout=30, what="the command told (SIGTERM) by the stopping worker")
+    farm.processes["app/0"].kill()
+    try:
+        assert waiter.wait(timeout=120) == 0
+        assert json.loads(seen.read_text()) == [], "the command ran while another unit held"
+        assert launcher.wait(timeout=30) == EXIT_LOST
+    finally:
+        kill_left(pids)
+
+
+def kill_left(pids: Path) -> None:
+    """SIGKILL what a failed test left running (a command of 600 s)."""
+    for pid in json.loads(pids.read_text()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
