@@ -16,11 +16,16 @@ command runs, so that the worker ends the command's session before it lets the l
 the hold ends (added later; a worker that predates it answers ``bad-request`` and holds on):
 
     client: {"op": "guard", "pid": 4321, "start": 987654}      (the session's leader, waiting)
-    worker: {"outcome": "guarding"}                            (or an error; the hold goes on)
+    worker: {"outcome": "guarding", "until": 5123.4}           (or an error; the hold goes on)
+    worker: {"outcome": "valid", "until": 5133.4}              (unprompted, at each lease refresh)
     worker: {"outcome": "lost", "lost": "lease lost: ..."}     (unprompted, if the hold ends)
 
-Only a guarded hold gets the unprompted ``lost`` line, and at most one, so a client that never
-guards reads exactly what it did before. Every line is at most ``MAX_LINE`` bytes; what the
+``until`` is a ``CLOCK_MONOTONIC`` time (worker and client share the machine's clock) before
+which the hold's lease cannot expire: its TTL counted from before its last refresh. A worker
+that stops refreshing (paused, starved) cannot say ``lost`` either; a client that sees ``until``
+come near without a new ``valid`` ends its command itself. Only a guarded hold gets these
+unprompted lines, and one ``lost`` at most, so a client that never guards reads exactly what
+it did before. Every line is at most ``MAX_LINE`` bytes; what the
 worker cannot parse gets ``{"outcome": "error", "error": "bad-request", ...}`` and changes
 nothing. This module is shared by the worker (server side) and by callers (``SyncLockClient``):
 it imports no ops, so a plain script can use it.
@@ -106,9 +111,11 @@ _HOLD_LINE: TypeAdapter[ReleaseRequest | GuardRequest] = TypeAdapter(HoldLine)
 class Reply(_Wire):
     """The worker's answer: a grant, a release, or an error (then the connection closes)."""
 
-    outcome: Literal["granted", "released", "error", "guarding", "lost"]
+    outcome: Literal["granted", "released", "error", "guarding", "valid", "lost"]
     token: int | None = None
     """The fencing token of a grant."""
+    until: float | None = None
+    """``guarding``, ``valid``: the ``CLOCK_MONOTONIC`` time before which the hold is certain."""
     lost: str | None = None
     """Why a hold ended before its release (``released``, and the notice ``lost``)."""
     error: ErrorKind | None = None
@@ -193,10 +200,12 @@ class SyncGrant:
         """The connection's descriptor, to wait for the worker's ``lost`` notice (``select``)."""
         return self._connection.fileno()
 
-    def guard(self, pid: int, start: int) -> None:
+    def guard(self, pid: int, start: int) -> float | None:
         """Have the worker end the session ``pid`` leads before the hold ends; wait for its yes.
 
-        ``SyncLockError`` if it says no (a worker that predates guarding says ``bad-request``).
+        The yes says until when the hold is certain (``CLOCK_MONOTONIC``; ``None`` from a
+        worker that does not say). ``SyncLockError`` if it says no (a worker that predates
+        guarding says ``bad-request``).
         """
         try:
             self._connection.sendall(GuardRequest(pid=pid, start=start).line())
@@ -205,20 +214,20 @@ class SyncGrant:
             raise SyncLockLostError(f"the worker ended the hold: {error}") from error
         if reply.outcome != "guarding":
             raise SyncLockError(f"the worker cannot guard the command: {reply.message}")
+        return reply.until
 
-    def notice(self) -> str:
-        """The worker's unprompted word during a guarded hold: why the hold ended.
+    def notice(self) -> Reply:
+        """The worker's next unprompted line during a guarded hold: ``valid`` or ``lost``.
 
         Call it once the connection is readable. ``SyncLockLostError`` if the worker went away
         without a word (killed): the hold is gone, or will be at its lease's expiry.
         """
         try:
-            reply = _read_reply(self._connection, REPLY_MARGIN)
+            return _read_reply(self._connection, REPLY_MARGIN)
         except (OSError, SyncLockError) as error:
             raise SyncLockLostError(
                 f"the worker ended the hold without a word: {error}"
             ) from error
-        return reply.lost or reply.message or reply.outcome
 
     def release(self) -> None:
         """Give the lock back; raise ``SyncLockLostError`` if the hold had ended before.

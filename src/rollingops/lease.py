@@ -50,6 +50,14 @@ class Lease:
         """Why the lease was lost; empty while it is alive."""
         return self._lost_reason
 
+    @property
+    def expires(self) -> float:
+        """The ``CLOCK_MONOTONIC`` time before which etcd cannot expire the lease.
+
+        Its TTL counted from before the last refresh was sent: etcd counts from later.
+        """
+        return self._expires
+
     def check(self) -> None:
         """Raise ``LeaseLostError`` if the lease is lost or its TTL has passed unrefreshed."""
         if not self.lost.is_set() and time.monotonic() >= self._expires:

@@ -26,7 +26,9 @@ as a terminal would, and its end is waited for before the release. When the work
 hold first (lease lost, key force-released, worker stopping), it says so and SIGTERMs the
 command at once (SIGKILL after ``command_session.GRACE`` seconds); this process then exits 70.
 If the worker dies without a word, its lease frees the lock after two thirds of its TTL at the
-earliest: this process ends the command's session itself, within ``_ORPHAN_GRACE``.
+earliest: this process ends the command's session itself, within ``_ORPHAN_GRACE``. If it
+lives but stops refreshing the lease (paused), its renewals (``valid``, until when the lease
+cannot expire) stop coming: the session is ended here before that time.
 
 Exit status: the command's own (128 + N if signal N ended it); 64 for a usage error (a bad
 option or value, with the reason); 75 when the lock was not granted in time; 69 when no worker
@@ -44,7 +46,9 @@ import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -71,6 +75,9 @@ _GO = b"g"
 """Parent to child: the worker guards your session, run the command."""
 _ORPHAN_GRACE = 1.0
 """Seconds the command gets after SIGTERM when its worker died; below 2/3 of the least TTL."""
+_KILL_MARGIN = 0.25
+"""Seconds before the hold's lease may expire by which a mute worker's command is SIGKILLed."""
+_OVERDUE = "the worker did not renew the hold in time (paused or starved): its lease may expire"
 _UNIT: TypeAdapter[str | None] = TypeAdapter(UnitName | None)
 
 
@@ -187,32 +194,33 @@ def _run_command(command: list[str], grant: SyncGrant) -> tuple[int, str | None]
         _command_child(command, grant.token, theirs)
     theirs.close()
     with channel:
-        session = _guarded(pid, channel, grant)
+        session, until = _guarded(pid, channel, grant)
         forwarding = {sig: signal.signal(sig, _forward_to(pid)) for sig in _FORWARDED}
         with contextlib.suppress(OSError):
             channel.sendall(_GO)  # a child killed meanwhile is waited for below
     try:
-        return _wait(pid, session, grant)
+        return _wait(pid, session, grant, until)
     finally:
         for sig, handler in forwarding.items():
             signal.signal(sig, handler)
 
 
-def _guarded(pid: int, channel: socket.socket, grant: SyncGrant) -> Session:
+def _guarded(pid: int, channel: socket.socket, grant: SyncGrant) -> tuple[Session, float | None]:
     """Wait for the child to lead its own session, and have the worker guard that session.
 
-    On failure the child is reaped: closing the channel without the go makes it exit unrun.
+    The session, and until when the worker says the hold is certain. On failure the child is
+    reaped: closing the channel without the go makes it exit unrun.
     """
     session = Session.of(pid) if channel.recv(1) == _READY else None
     try:
         if session is None:
             raise SyncLockError("the command's process could not start a session")
-        grant.guard(session.leader, session.start)
+        until = grant.guard(session.leader, session.start)
     except SyncLockError:
         channel.close()
         os.waitpid(pid, 0)
         raise
-    return session
+    return session, until
 
 
 def _command_child(command: list[str], token: int, channel: socket.socket) -> NoReturn:
@@ -249,7 +257,9 @@ def _forward_to(pid: int) -> Callable[[int, object], None]:
     return forward
 
 
-def _wait(pid: int, session: Session, grant: SyncGrant) -> tuple[int, str | None]:
+def _wait(
+    pid: int, session: Session, grant: SyncGrant, until: float | None
+) -> tuple[int, str | None]:
     """Wait for the command's end, listening to the worker meanwhile; its status and a loss.
 
     The worker's ``lost`` notice comes with its SIGTERM to the command. If the worker itself
@@ -258,24 +268,76 @@ def _wait(pid: int, session: Session, grant: SyncGrant) -> tuple[int, str | None
     is listened to after a notice too: a worker closes it only once the command's session is
     gone, so its end while the command still runs means the worker died during the command's
     SIGTERM grace (systemd's SIGKILL at ``TimeoutStopSec``, say), and only this process is
-    left to end the command before the lease frees the lock.
+    left to end the command before the lease frees the lock. A worker that is alive but no
+    longer refreshes the lease (SIGSTOPped, starved) says nothing at all: ``until``, renewed
+    by its ``valid`` lines, is when the lease may expire, and the command is ended before it.
     """
     lost: str | None = None
     listening = True
+    certain = _Certain.of(until)
     done = os.pidfd_open(pid)
     try:
-        while done not in select.select([done, grant] if listening else [done], [], [])[0]:
+        while True:
+            waiting = [done, grant] if listening else [done]
+            ready = select.select(waiting, [], [], certain.wait() if listening else None)[0]
+            if done in ready:
+                break
+            if not ready:  # no renewal in time: the lease may expire, the worker is mute
+                lost, listening = lost or _OVERDUE, False
+                session.end(certain.grace())
+                continue
             try:
-                word = grant.notice()  # read whatever comes, or the connection stays readable
-                lost = lost or word
+                reply = grant.notice()
             except SyncLockLostError as error:
-                lost = lost or str(error)
-                listening = False
+                lost, listening = lost or str(error), False
                 session.end(_ORPHAN_GRACE)
+                continue
+            if reply.outcome == "valid":
+                certain = _Certain.of(reply.until)
+            else:  # lost: the worker ends the command; only its death is left to watch for
+                lost, certain = lost or reply.lost or reply.message or reply.outcome, _UNBOUND
     finally:
         os.close(done)
     _, status = os.waitpid(pid, 0)
     return _exit_code(os.waitstatus_to_exitcode(status)), lost
+
+
+@dataclass(frozen=True)
+class _Certain:
+    """Until when the worker says the hold is certain (its lease's expiry), and since when."""
+
+    until: float | None
+    """``CLOCK_MONOTONIC``; ``None``: no bound (a worker that does not say, or one that ends)."""
+    learnt: float
+
+    @classmethod
+    def of(cls, until: float | None) -> _Certain:
+        return cls(until, time.monotonic())
+
+    def _overdue_at(self) -> float:
+        """When to start ending the command if no renewal came.
+
+        Early enough that its SIGKILL lands ``_KILL_MARGIN`` before ``until``; never before 60 %
+        of the time left, since the next renewal comes a third of the TTL after the last.
+        """
+        assert self.until is not None  # noqa: S101 - only with a bound
+        left = self.until - self.learnt
+        return max(self.until - _ORPHAN_GRACE - _KILL_MARGIN, self.learnt + 0.6 * left)
+
+    def wait(self) -> float | None:
+        """Seconds ``select`` may wait for a renewal (``None``: as long as it takes)."""
+        if self.until is None:
+            return None
+        return max(self._overdue_at() - time.monotonic(), 0.0)
+
+    def grace(self) -> float:
+        """The SIGTERM grace that still ends the command ``_KILL_MARGIN`` before ``until``."""
+        if self.until is None:
+            return _ORPHAN_GRACE
+        return min(max(self.until - _KILL_MARGIN - time.monotonic(), 0.0), _ORPHAN_GRACE)
+
+
+_UNBOUND = _Certain(None, 0.0)
 
 
 def _exit_code(code: int) -> int:

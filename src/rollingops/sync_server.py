@@ -20,7 +20,10 @@ client's connection dropping however its processes were killed, the lease lost, 
 force-released, the worker stopping), every process of that session is ended (SIGTERM, SIGKILL
 after ``command_session.GRACE``) and gone *before* the key is deleted, so the command never runs
 while another unit holds. A hold that ends before its release also tells its guarded client at
-once (an unprompted ``lost`` line), and the command gets the SIGTERM then, not at its exit. The
+once (an unprompted ``lost`` line), and the command gets the SIGTERM then, not at its exit.
+Each refresh of the hold's lease is passed on to a guarded client (``valid``, until when the
+lease cannot expire), so a worker that stops refreshing without a word (paused) cannot leave
+the command running past the lease: the client ends it first. The
 worker is the one process the client's signals (its group's SIGHUP, SIGKILL...) never reach,
 which is why it, and not a supervisor beside the command, keeps the promise. The key's deletion
 (force-release, lease expiry) is watched, so a loss is seen as it happens.
@@ -243,8 +246,8 @@ class SyncServer:
             )
             self._publish(session, hold)
             _log("sync-granted", holder=request.holder, token=token, lease=f"{lease.id:x}")
-            session.grant(token)
-            lost = self._keep(semaphore, lease, session.end)
+            session.grant(token, lambda: lease.expires)
+            lost = self._keep(semaphore, lease, session)
         finally:
             self._end_command(session, lost)
             self._end(semaphore, lease)
@@ -333,16 +336,20 @@ class SyncServer:
                 "lost", f"the hold's lease was lost while waiting: {error}"
             ) from error
 
-    def _keep(self, semaphore: FairSemaphore, lease: Lease, end: threading.Event) -> str | None:
+    def _keep(self, semaphore: FairSemaphore, lease: Lease, session: _Session) -> str | None:
         """Hold until released, the client gone or the worker stopping; why it was lost, if.
 
         A loss (the lease, or the key's deletion as the watch sees it) ends the wait at once.
+        Each lease refresh is passed on to a guarded client (``valid``): if this worker stops
+        refreshing without a word (paused), the client ends its command before the expiry.
         """
+        end = session.end
         key_gone = threading.Event()
         threading.Thread(
             target=self._watch_key, args=(semaphore, end, key_gone), name="sync-key", daemon=True
         ).start()
         while not end.wait(_WAKE_INTERVAL):
+            session.renew()
             if lease.lost.is_set():
                 return f"lease lost: {lease.lost_reason}"
             if key_gone.is_set():
@@ -417,6 +424,9 @@ class _Session:
         self._granted = False
         self._over = False
         self._command: command_session.Session | None = None
+        self._until: Callable[[], float] = time.monotonic
+        """Until when the hold is certain (its lease's expiry, ``CLOCK_MONOTONIC``)."""
+        self._told_until = 0.0
 
     def check_peer(self) -> None:
         """Only root, or the worker's own user, may hold the lock."""
@@ -445,11 +455,24 @@ class _Session:
         assert isinstance(request, AcquireRequest)  # noqa: S101 - the model asked for
         return request
 
-    def grant(self, token: int) -> None:
-        """Tell the client it holds; from now on it may guard a command."""
+    def grant(self, token: int, until: Callable[[], float]) -> None:
+        """Tell the client it holds; from now on it may guard a command.
+
+        ``until`` says, at any time, until when the hold is certain (told to a guarded client).
+        """
         with self._guarding:
             self._granted = True
+            self._until = until
             self.send(Reply(outcome="granted", token=token))
+
+    def renew(self) -> None:
+        """Tell a guarded client the hold's new certain end, once for each lease refresh."""
+        with self._guarding:
+            until = self._until()
+            if self._command is None or self._over or until == self._told_until:
+                return
+            self._told_until = until
+            self.send(Reply(outcome="valid", until=until))
 
     def stop_guarding(self) -> command_session.Session | None:
         """The hold ends: no command may be guarded from now on; the one that is, if any."""
@@ -488,8 +511,9 @@ class _Session:
             refusal = self._unguardable(request)
             if refusal is None:
                 self._command = command_session.Session(request.pid, request.start)
+                self._told_until = self._until()
                 _log("sync-command-guarded", session=request.pid)
-                self.send(Reply(outcome="guarding"))
+                self.send(Reply(outcome="guarding", until=self._told_until))
             else:
                 self.send(Reply(outcome="error", error="bad-request", message=refusal))
 

@@ -227,3 +227,32 @@ def kill_left(pids: Path) -> None:
     for pid in json.loads(pids.read_text()):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_paused_worker_cannot_leave_its_command_running_past_the_hold_s_lease(farm, tmp_path):
+    """The worker SIGSTOPped while the command runs: its lease is no longer refreshed.
+
+    The key goes at the lease's expiry and the next unit is granted, while the paused worker
+    can neither tell nor end the command. The launcher knows until when the hold is certain
+    (the worker renews that with each lease refresh) and ends the command before then (before:
+    the command ran on under the next holder for as long as the worker stayed paused).
+    """
+    first = lock_command(farm, "app/0", tmp_path)
+    second = lock_command(farm, "app/1", tmp_path)
+    pids, told, seen = tmp_path / "pids", tmp_path / "told", tmp_path / "seen"
+    launcher = subprocess.Popen(
+        [str(first), "--", PYTHON, "-c", STUBBORN, str(pids), str(told)], start_new_session=True
+    )
+    wait_until(pids.exists, timeout=60, what="the command running")
+    waiter = subprocess.Popen(
+        [str(second), "--timeout", "120", "--", PYTHON, "-c", LOOK, str(pids), str(seen)]
+    )
+    wait_until(lambda: waiting(farm, "app/1"), timeout=60, what="the other unit waiting")
+    farm.processes["app/0"].send_signal(signal.SIGSTOP)
+    try:
+        assert waiter.wait(timeout=120) == 0
+        assert json.loads(seen.read_text()) == [], "the command ran while another unit held"
+        assert launcher.wait(timeout=30) == EXIT_LOST
+    finally:
+        farm.processes["app/0"].send_signal(signal.SIGCONT)
+        kill_left(pids)

@@ -116,7 +116,14 @@ def test_the_worker_s_unprompted_loss_notice_is_read_as_the_reason(tmp_path):
     notice = b'{"outcome":"lost","lost":"lease lost: expired in etcd"}\n'
     granting(tmp_path / "sync.sock", then=notice, prompted=False)
     grant = acquire(tmp_path / "sync.sock", 5, "rollingops-lock", "command")
-    assert grant.notice() == "lease lost: expired in etcd"
+    assert grant.notice().lost == "lease lost: expired in etcd"
+
+
+def test_the_worker_s_renewal_says_until_when_the_hold_is_certain(tmp_path):
+    granting(tmp_path / "sync.sock", then=b'{"outcome":"valid","until":123.5}\n', prompted=False)
+    grant = acquire(tmp_path / "sync.sock", 5, "rollingops-lock", "command")
+    reply = grant.notice()
+    assert (reply.outcome, reply.until) == ("valid", 123.5)
 
 
 def test_a_worker_gone_without_a_word_is_a_loss(tmp_path):
