@@ -6,7 +6,10 @@ must see them: the worker writes this file (0600, atomically) whenever a hold is
 ends, and the charm reads it in a hook without talking to the worker or to etcd.
 
 A file left by a worker that died says nothing: the holds died with the worker's connections,
-so the reader trusts the file only while the process that wrote it (``worker_pid``) is alive.
+so the reader trusts the file only while the process that wrote it is alive: ``worker_pid``
+*with its start time* (``worker_start``), since a dead worker's pid may name any process later.
+A worker also rewrites the file when it starts, so one that replaced a killed worker does not
+leave the old holds standing until its own first hold.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class SyncHolds(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     worker_pid: int
+    worker_start: int | None = None
+    """The writer's start time (``/proc/<pid>/stat``); ``None`` from a worker that predates it."""
     holds: tuple[SyncHold, ...] = ()
 
 
@@ -52,7 +57,8 @@ def holds_file(state_dir: Path) -> Path:
 
 def publish(state_dir: Path, holds: tuple[SyncHold, ...]) -> None:
     """Worker side: say which holds this process grants now (all of them, each time)."""
-    document = SyncHolds(worker_pid=os.getpid(), holds=holds)
+    pid = os.getpid()
+    document = SyncHolds(worker_pid=pid, worker_start=_start_of(pid), holds=holds)
     write_private(holds_file(state_dir), document.model_dump_json())
 
 
@@ -69,16 +75,17 @@ def live_holds(state_dir: Path) -> tuple[SyncHold, ...]:
         document = SyncHolds.model_validate_json(text)
     except ValidationError:
         return ()
-    if not _alive(document.worker_pid):
+    start = _start_of(document.worker_pid)
+    if start is None or document.worker_start not in (None, start):
         return ()
     return document.holds
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a process that is not a zombie."""
+def _start_of(pid: int) -> int | None:
+    """The start time of the living process ``pid``; ``None`` if there is none (or a zombie)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])

@@ -131,7 +131,12 @@ class SyncServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Listen on ``path`` (0600; whatever is there already is replaced) and serve."""
+        """Listen on ``path`` (0600; whatever is there already is replaced) and serve.
+
+        First say that no hold is served: a worker killed under a hold left it published.
+        """
+        with self._publishing:
+            self._write_holds()
         _clear(self.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_mask = os.umask(0o177)

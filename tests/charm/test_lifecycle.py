@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import stat
+import subprocess
 
 import pytest
 from charm_helpers import (
@@ -356,6 +357,32 @@ def test_a_hold_file_of_a_dead_worker_holds_nothing_back(ctx, supervisor, wired,
     before = _restarts(supervisor)
     ctx.run(ctx.on.upgrade_charm(), out)
     assert _restarts(supervisor) == before + 1
+
+
+def test_a_hold_file_of_a_dead_worker_whose_pid_was_reused_holds_nothing_back(
+    ctx, supervisor, wired, tmp_path
+):
+    """A worker SIGKILLed (OOM) under a hold leaves its file; its pid then names another process.
+
+    Before, the charm took the living stranger for the worker and held restarts back for the
+    whole bound (an hour), saying it waited for a hold that was long gone.
+    """
+    out = ctx.run(ctx.on.update_status(), wired.state(peer(), leader=True))
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = SyncHolds(
+            worker_pid=stranger.pid,
+            worker_start=1,  # the dead worker's start time, not the stranger's
+            holds=(SyncHold(holder="gone", context="command", token=3, since=utcnow()),),
+        )
+        (unit_dir(tmp_path) / "sync-holds.json").write_text(stale.model_dump_json())
+        before = _restarts(supervisor)
+        out = ctx.run(ctx.on.upgrade_charm(), out)
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert _restarts(supervisor) == before + 1
+    assert "waits" not in out.unit_status.message
 
 
 def test_a_waiting_restart_goes_ahead_past_the_bound(ctx, supervisor, wired, tmp_path):

@@ -22,7 +22,7 @@ from test_lock_command import lock_command
 
 from rollingops.control import DomainControl
 from rollingops.lock_command import EXIT_LOST
-from rollingops.sync_holds import live_holds
+from rollingops.sync_holds import holds_file, live_holds
 
 __all__ = ["distro_build"]  # the one build these tests run on (etcd_helpers)
 
@@ -256,3 +256,26 @@ def test_a_paused_worker_cannot_leave_its_command_running_past_the_hold_s_lease(
     finally:
         farm.processes["app/0"].send_signal(signal.SIGCONT)
         kill_left(pids)
+
+
+def test_a_restarted_worker_rewrites_the_hold_file_a_killed_one_left(farm, tmp_path):
+    """SIGKILLed under a hold, a worker leaves ``sync-holds.json`` naming the hold.
+
+    The worker that replaces it serves no hold: it says so at start, so the charm does not hold
+    a restart back for the old file (before: the file stayed until the next hold, trusted as
+    soon as the old pid named any living process).
+    """
+    command = lock_command(farm, "app/0", tmp_path)
+    state_dir = farm.config("app/0").state_dir
+    running = tmp_path / "running"
+    script = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); time.sleep(600)"
+    launcher = subprocess.Popen([str(command), "--", PYTHON, "-c", script, str(running)])
+    wait_until(running.exists, timeout=60, what="the command running")
+    left = holds_file(state_dir).read_text()
+    farm.processes["app/0"].kill()
+    farm.processes["app/0"].wait(timeout=10)
+    assert launcher.wait(timeout=30) == EXIT_LOST
+    holds_file(state_dir).write_text(left)  # as the killed worker left it
+    farm.start("app/0")
+    wait_until(lambda: holds_file(state_dir).read_text() != left, what="the file rewritten")
+    assert live_holds(state_dir) == ()
