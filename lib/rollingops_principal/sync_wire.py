@@ -240,12 +240,16 @@ class SyncGrant:
         try:
             self._connection.sendall(ReleaseRequest().line())
             reply = _read_reply(self._connection, REPLY_MARGIN)
+            while reply.outcome == "valid":  # a renewal sent before the release was read
+                reply = _read_reply(self._connection, REPLY_MARGIN)
         except (OSError, SyncLockError) as error:
             raise SyncLockLostError(
                 f"the worker ended the hold before its release: {error}"
             ) from error
         finally:
             self._connection.close()
+        if reply.outcome == "lost":  # told before the release, not read by the caller
+            raise SyncLockLostError(f"the lock was lost during the hold: {reply.lost}")
         if reply.outcome != "released":
             raise SyncLockLostError(f"the worker did not confirm the release: {reply.message}")
         if reply.lost is not None:

@@ -131,3 +131,15 @@ def test_a_worker_gone_without_a_word_is_a_loss(tmp_path):
     grant = acquire(tmp_path / "sync.sock", 5, "rollingops-lock", "command")
     with pytest.raises(SyncLockLostError, match="without a word"):
         grant.notice()
+
+
+def test_a_renewal_crossing_the_release_is_not_taken_for_its_answer(tmp_path):
+    """A ``valid`` line sent as the command ended (unread) or as ``release`` was on its way.
+
+    It comes before ``released``: the release reads past it (before: "the worker did not
+    confirm the release", and rollingops-lock exited 70 for a hold that was never lost).
+    """
+    then = b'{"outcome":"valid","until":123.5}\n{"outcome":"released"}\n'
+    granting(tmp_path / "sync.sock", then=then, prompted=True)
+    grant = acquire(tmp_path / "sync.sock", 5, "rollingops-lock", "command")
+    grant.release()
