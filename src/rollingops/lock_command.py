@@ -77,6 +77,8 @@ _ORPHAN_GRACE = 1.0
 """Seconds the command gets after SIGTERM when its worker died; below 2/3 of the least TTL."""
 _KILL_MARGIN = 0.25
 """Seconds before the hold's lease may expire by which a mute worker's command is SIGKILLed."""
+_RESUMED = 1.0
+"""Seconds a stopped-then-resumed ``rollingops-lock`` waits for a fresh renewal."""
 _OVERDUE = "the worker did not renew the hold in time (paused or starved): its lease may expire"
 _UNIT: TypeAdapter[str | None] = TypeAdapter(UnitName | None)
 
@@ -312,7 +314,16 @@ class _Certain:
 
     @classmethod
     def of(cls, until: float | None) -> _Certain:
-        return cls(until, time.monotonic())
+        """The bound a line gave, read now.
+
+        A line read too late to act on (this process was stopped: ^Z, a frozen machine) is the
+        worker's last word before the pause; it sent nothing after it that was not read, and
+        sends the newest as soon as this one is. ``_RESUMED`` gives it that long.
+        """
+        now = time.monotonic()
+        if until is not None and until - _KILL_MARGIN <= now:
+            until = now + _RESUMED + _KILL_MARGIN
+        return cls(until, now)
 
     def _overdue_at(self) -> float:
         """When to start ending the command if no renewal came.

@@ -44,12 +44,14 @@ once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import socket
 import stat
 import struct
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -471,10 +473,18 @@ class _Session:
             self.send(Reply(outcome="granted", token=token))
 
     def renew(self) -> None:
-        """Tell a guarded client the hold's new certain end, once for each lease refresh."""
+        """Tell a guarded client the hold's new certain end, once for each lease refresh.
+
+        Never behind a renewal it has not read yet: a client that reads nothing (stopped by
+        ^Z) would fill the connection's buffer (some 280 lines) and block this hold's thread
+        in ``sendall``, where it could neither see a loss nor end the command. The newest end
+        is sent as soon as the client has read the one before.
+        """
         with self._guarding:
             until = self._until()
             if self._command is None or self._over or until == self._told_until:
+                return
+            if _unread(self._connection) > 0:
                 return
             self._told_until = until
             self.send(Reply(outcome="valid", until=until))
@@ -579,6 +589,12 @@ class _Session:
         with contextlib.suppress(OSError):
             self._connection.shutdown(socket.SHUT_RDWR)
         self._connection.close()
+
+
+def _unread(connection: socket.socket) -> int:
+    """Bytes sent on ``connection`` that its peer has not read yet (``SIOCOUTQ``)."""
+    queued = fcntl.ioctl(connection.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    return int(struct.unpack("i", queued)[0])
 
 
 def _clear(path: Path) -> None:

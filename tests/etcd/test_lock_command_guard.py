@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -279,3 +280,30 @@ def test_a_restarted_worker_rewrites_the_hold_file_a_killed_one_left(farm, tmp_p
     farm.start("app/0")
     wait_until(lambda: holds_file(state_dir).read_text() != left, what="the file rewritten")
     assert live_holds(state_dir) == ()
+
+
+def test_a_launcher_paused_longer_than_the_ttl_lets_its_command_run_on(farm, tmp_path):
+    """^Z on ``rollingops-lock`` (SIGTSTP; SIGSTOP here) then ``fg``: the hold was kept all along.
+
+    The command runs in its own session, so it ran on, under the worker's hold; the launcher
+    read no renewal meanwhile. On resume it must not take the stale ones for a mute worker
+    (before: it ended the command at once and exited 70 for a hold never lost).
+    """
+    command = lock_command(farm, "app/0", tmp_path)
+    running, go = tmp_path / "running", tmp_path / "go"
+    wait_for_go = (
+        "import pathlib, sys, time\n"
+        "pathlib.Path(sys.argv[1]).write_text('running')\n"
+        "while not pathlib.Path(sys.argv[2]).exists():\n"
+        "    time.sleep(0.05)\n"
+    )
+    launcher = subprocess.Popen(
+        [str(command), "--", PYTHON, "-c", wait_for_go, str(running), str(go)]
+    )
+    wait_until(running.exists, timeout=60, what="the command running")
+    launcher.send_signal(signal.SIGSTOP)
+    time.sleep(2 * farm.config("app/0").lease_ttl)
+    launcher.send_signal(signal.SIGCONT)
+    time.sleep(1.5)
+    go.touch()
+    assert launcher.wait(timeout=30) == 0, "the command ran to its end under the hold"
