@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pytest
 from etcd_helpers import WorkerFarm, distro_build, wait_until
+from rollingops_principal.errors import SyncLockError
+from rollingops_principal.sync_wire import acquire
 from test_lock_command import lock_command
 
+from rollingops import command_session
 from rollingops.control import DomainControl
 from rollingops.lock_command import EXIT_LOST
 from rollingops.sync_holds import holds_file, live_holds
@@ -307,3 +310,63 @@ def test_a_launcher_paused_longer_than_the_ttl_lets_its_command_run_on(farm, tmp
     time.sleep(1.5)
     go.touch()
     assert launcher.wait(timeout=30) == 0, "the command ran to its end under the hold"
+
+
+def _stranger() -> int:
+    """A session leader that is not this process's child (its parent exited: re-parented)."""
+    out = subprocess.run(
+        ["sh", "-c", "setsid sleep 60 >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout)
+
+
+def _alive(pid: int) -> bool:
+    found = command_session.stat(pid)
+    return found is not None
+
+
+def test_a_hostile_client_can_have_only_its_own_child_s_session_ended(farm, tmp_path):
+    """Guard lines a hostile client may send (same uid): each is refused, the hold goes on.
+
+    The worker signals as root: only a session that the client's own child leads, with the
+    start time it has, may be taken on; one guard per hold. After the release, only that
+    child's session is gone. No finding: the checks hold.
+    """
+    lock_command(farm, "app/0", tmp_path)  # its worker, listening
+    grant = acquire(farm.config("app/0").sync_socket, 30, "hostile", "command")
+    stranger = _stranger()
+    member = subprocess.Popen(["sleep", "60"])  # a child, but not a session leader
+    leader = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        leader_start = command_session.Session.of(leader.pid)
+        stranger_start = command_session.Session.of(stranger)
+        init = command_session.stat(1)
+        assert leader_start is not None
+        assert stranger_start is not None
+        assert init is not None
+        connection = grant._connection  # a line the client library never sends
+        connection.sendall(b'{"op": "guard", "pid": 1, "start": %d}\n' % init.start)
+        assert b'"error":"bad-request"' in connection.recv(4096)
+        for pid, start in [
+            (stranger, stranger_start.start),
+            (member.pid, leader_start.start),
+            (leader.pid, leader_start.start + 1),
+        ]:
+            with pytest.raises(SyncLockError, match="is not a session leader started by"):
+                grant.guard(pid, start)
+        assert grant.guard(leader.pid, leader_start.start) is not None
+        with pytest.raises(SyncLockError, match="a command is guarded already"):
+            grant.guard(stranger, stranger_start.start)
+        grant.release()
+        assert leader.wait(timeout=30) == -signal.SIGTERM, "the guarded session was ended"
+        assert _alive(stranger)
+        assert member.poll() is None
+    finally:
+        for pid in (stranger, member.pid, leader.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        member.wait()
+        leader.wait()
