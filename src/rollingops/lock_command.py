@@ -79,6 +79,8 @@ _KILL_MARGIN = 0.25
 """Seconds before the hold's lease may expire by which a mute worker's command is SIGKILLed."""
 _RESUMED = 1.0
 """Seconds a stopped-then-resumed ``rollingops-lock`` waits for a fresh renewal."""
+_OVERSLEPT = 0.2
+"""Seconds past its own deadline by which this process counts as having been stopped."""
 _OVERDUE = "the worker did not renew the hold in time (paused or starved): its lease may expire"
 _UNIT: TypeAdapter[str | None] = TypeAdapter(UnitName | None)
 
@@ -295,7 +297,7 @@ def _wait(
                 session.end(_ORPHAN_GRACE)
                 continue
             if reply.outcome == "valid":
-                certain = _Certain.of(reply.until)
+                certain = certain.renewed(reply.until)
             else:  # lost: the worker ends the command; only its death is left to watch for
                 lost, certain = lost or reply.lost or reply.message or reply.outcome, _UNBOUND
     finally:
@@ -314,16 +316,23 @@ class _Certain:
 
     @classmethod
     def of(cls, until: float | None) -> _Certain:
-        """The bound a line gave, read now.
+        """The bound a line gave, read now."""
+        return cls(until, time.monotonic())
 
-        A line read too late to act on (this process was stopped: ^Z, a frozen machine) is the
-        worker's last word before the pause; it sent nothing after it that was not read, and
-        sends the newest as soon as this one is. ``_RESUMED`` gives it that long.
+    def renewed(self, until: float | None) -> _Certain:
+        """The bound a ``valid`` line gives, read now.
+
+        Read in time, a line is the worker's word, even one whose end is near: the command is
+        gone by then. Read only after this process overslept its own deadline (stopped by ^Z,
+        a frozen machine), a line already at its end is the worker's last word before that
+        pause: it sent nothing after it that was not read, and sends the newest as soon as
+        this one is. ``_RESUMED`` gives it that long, and only then.
         """
         now = time.monotonic()
-        if until is not None and until - _KILL_MARGIN <= now:
+        overslept = self.until is not None and now > self._overdue_at() + _OVERSLEPT
+        if overslept and until is not None and until - _KILL_MARGIN <= now:
             until = now + _RESUMED + _KILL_MARGIN
-        return cls(until, now)
+        return _Certain(until, now)
 
     def _overdue_at(self) -> float:
         """When to start ending the command if no renewal came.

@@ -1,0 +1,76 @@
+"""``rollingops-lock`` against a scripted worker: what it does with the renewals it reads.
+
+The real launcher (a subprocess running ``rollingops.lock_command``) and a real command; the
+worker is a socket scripted here, so that a renewal can say what a real one rarely does.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from rollingops.lock_command import EXIT_LOST
+
+
+def scripted_worker(path: Path, stale_after: float, ended: list[float]) -> None:
+    """Grant, guard (certain for 5 s), then after ``stale_after`` s a renewal already at its end.
+
+    ``ended`` gets the monotonic time at which the renewal was sent.
+    """
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection, listener:
+            reader = connection.makefile("rb")
+            reader.readline()
+            connection.sendall(b'{"outcome":"granted","token":7}\n')
+            reader.readline()  # the guard: taken on, as a worker would
+            until = time.monotonic() + 5
+            connection.sendall(b'{"outcome":"guarding","until":%f}\n' % until)
+            time.sleep(stale_after)
+            stale = time.monotonic() + 0.1  # its lease refresh took all but 0.1 s of the TTL
+            ended.append(time.monotonic())
+            connection.sendall(b'{"outcome":"valid","until":%f}\n' % stale)
+            reader.readline()  # the release
+            connection.sendall(b'{"outcome":"released"}\n')
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def test_a_renewal_read_at_once_is_never_stretched_past_its_end(tmp_path):
+    """Read as soon as it came, a renewal whose end is near is the worker's word, not a pause.
+
+    The command must be gone by that end (before: taken for the last word before a pause of
+    ``rollingops-lock``'s own, it got a second more, past the time the lease could expire).
+    """
+    sent: list[float] = []
+    scripted_worker(tmp_path / "sync.sock", 1.0, sent)
+    out = tmp_path / "ended"
+    script = (
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "time.sleep(60)\n"
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "rollingops.lock_command",
+        "--socket",
+        str(tmp_path / "sync.sock"),
+    ]
+    launcher = subprocess.Popen(
+        [*argv, "--", sys.executable, "-c", script], stderr=subprocess.PIPE
+    )
+    _, stderr = launcher.communicate(timeout=30)
+    gone = time.monotonic()
+    out.write_text(json.dumps({"sent": sent, "gone": gone}))
+    assert launcher.returncode == EXIT_LOST, stderr
+    assert gone - sent[0] < 0.1 + 0.3, f"ended {gone - sent[0]:.2f} s after the renewal"
