@@ -370,3 +370,27 @@ def test_a_hostile_client_can_have_only_its_own_child_s_session_ended(farm, tmp_
                 os.kill(pid, signal.SIGKILL)
         member.wait()
         leader.wait()
+
+
+def test_an_orphan_that_ignores_sigterm_is_gone_before_the_next_unit_holds(farm, tmp_path):
+    """The command exits at once, leaving a daemon-like child that ignores SIGTERM.
+
+    The release waits for it: SIGTERM, SIGKILL after the grace, then the key. The command's own
+    status is the launcher's. No finding.
+    """
+    first = lock_command(farm, "app/0", tmp_path)
+    second = lock_command(farm, "app/1", tmp_path)
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
+    orphan = f"(trap '' TERM; exec sleep 600) & echo \"[$!]\" > {pids}.tmp; mv {pids}.tmp {pids}"
+    waiter: subprocess.Popen[bytes] | None = None
+    launcher = subprocess.Popen([str(first), "--", "sh", "-c", orphan + "; exec sleep 3"])
+    try:
+        wait_until(pids.exists, timeout=60, what="the orphan-to-be running")
+        waiter = subprocess.Popen(
+            [str(second), "--timeout", "120", "--", PYTHON, "-c", LOOK, str(pids), str(seen)]
+        )
+        assert launcher.wait(timeout=60) == 0
+        assert waiter.wait(timeout=120) == 0
+        assert json.loads(seen.read_text()) == [], "the orphan ran while another unit held"
+    finally:
+        kill_left(pids)
