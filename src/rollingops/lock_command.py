@@ -292,9 +292,9 @@ def _wait(
                 continue
             try:
                 reply = grant.notice()
-            except SyncLockLostError as error:
+            except SyncLockLostError as error:  # the worker died: within the lease's end
                 lost, listening = lost or str(error), False
-                session.end(_ORPHAN_GRACE)
+                session.end(certain.grace())
                 continue
             if reply.outcome == "valid":
                 certain = certain.renewed(reply.until)
@@ -351,7 +351,11 @@ class _Certain:
         return max(self._overdue_at() - time.monotonic(), 0.0)
 
     def grace(self) -> float:
-        """The SIGTERM grace that still ends the command ``_KILL_MARGIN`` before ``until``."""
+        """The SIGTERM grace that still ends the command ``_KILL_MARGIN`` before ``until``.
+
+        At most ``_ORPHAN_GRACE``: a dead worker's lease may expire two thirds of its TTL after
+        the death, ``until`` or not (the least TTL, 2 s: 1.3 s).
+        """
         if self.until is None:
             return _ORPHAN_GRACE
         return min(max(self.until - _KILL_MARGIN - time.monotonic(), 0.0), _ORPHAN_GRACE)

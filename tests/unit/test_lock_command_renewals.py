@@ -74,3 +74,51 @@ def test_a_renewal_read_at_once_is_never_stretched_past_its_end(tmp_path):
     out.write_text(json.dumps({"sent": sent, "gone": gone}))
     assert launcher.returncode == EXIT_LOST, stderr
     assert gone - sent[0] < 0.1 + 0.3, f"ended {gone - sent[0]:.2f} s after the renewal"
+
+
+def dying_worker(path: Path, left: float, died: list[float]) -> None:
+    """Grant, guard (certain for ``left`` s more), then die without a word (SIGKILLed)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with listener:
+            reader = connection.makefile("rb")
+            reader.readline()
+            connection.sendall(b'{"outcome":"granted","token":7}\n')
+            reader.readline()
+            until = time.monotonic() + left
+            connection.sendall(b'{"outcome":"guarding","until":%f}\n' % until)
+            time.sleep(0.2)
+            died.append(time.monotonic())
+            reader.close()
+            connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def test_a_worker_dead_near_its_lease_s_end_leaves_no_command_past_it(tmp_path):
+    """The worker dies when its lease has little left (its last refreshes failed: etcd slow).
+
+    The command must be gone by that end, not a whole ``_ORPHAN_GRACE`` after the death
+    (before: SIGTERM, then SIGKILL 1 s later, whatever the lease had left).
+    """
+    died: list[float] = []
+    dying_worker(tmp_path / "sync.sock", 0.6, died)
+    script = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n"
+    argv = [
+        sys.executable,
+        "-m",
+        "rollingops.lock_command",
+        "--socket",
+        str(tmp_path / "sync.sock"),
+    ]
+    launcher = subprocess.Popen(
+        [*argv, "--", sys.executable, "-c", script], stderr=subprocess.PIPE
+    )
+    _, stderr = launcher.communicate(timeout=30)
+    gone = time.monotonic()
+    assert launcher.returncode == EXIT_LOST, stderr
+    assert gone - died[0] < 0.4 + 0.2, f"ended {gone - died[0]:.2f} s after the worker died"
