@@ -167,7 +167,8 @@ def test_a_timeout_raises_and_leaves_no_key_and_no_lease(farm, client):
 def test_a_worker_stopping_while_a_client_waits_answers_clearly(farm, client):
     path = serving(farm, "app/0")
     serving(farm, "app/1")
-    farm.enqueue(client, "app/1", operation("long", hold=5))
+    # Held past any load: the sync waiter must still be waiting when the worker stops.
+    farm.enqueue(client, "app/1", operation("long", hold=60))
     wait_until(lambda: started(farm, "long"), what="the async holder")
     outcome: list[BaseException] = []
 
