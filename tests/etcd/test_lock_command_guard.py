@@ -163,17 +163,20 @@ def test_a_hold_lost_while_the_command_runs_sigterms_it_at_once_and_exits_70(
     assert "the lock was lost" in stderr
 
 
+WAIT_FOR_GO = (
+    "import pathlib, sys, time\n"
+    "pathlib.Path(sys.argv[1]).write_text('running')\n"
+    "while not pathlib.Path(sys.argv[2]).exists():\n"
+    "    time.sleep(0.05)\n"
+)
+"""A command that says it runs (argv[1]), then waits until argv[2] exists."""
+
+
 def test_the_charm_sees_a_running_hold_and_none_once_it_ended(farm, tmp_path):
     command = lock_command(farm, "app/0", tmp_path)
     state_dir = farm.config("app/0").state_dir
     running, go = tmp_path / "running", tmp_path / "go"
-    wait_for_go = (
-        "import pathlib, sys, time\n"
-        "pathlib.Path(sys.argv[1]).write_text('running')\n"
-        "while not pathlib.Path(sys.argv[2]).exists():\n"
-        "    time.sleep(0.05)\n"
-    )
-    argv = [str(command), "--holder", "nightly backup", "--", PYTHON, "-c", wait_for_go]
+    argv = [str(command), "--holder", "nightly backup", "--", PYTHON, "-c", WAIT_FOR_GO]
     launcher = subprocess.Popen([*argv, str(running), str(go)])
     wait_until(running.exists, timeout=60, what="the command running")
     (hold,) = live_holds(state_dir)
@@ -194,15 +197,13 @@ STUBBORN = (  # ignores SIGTERM (notes it in argv[2]); argv[1]: its pid, once it
 )
 
 
-def test_a_worker_killed_while_its_stop_waits_for_the_command_leaves_nothing_running(
-    farm, tmp_path
-):
-    """systemd's SIGKILL at TimeoutStopSec, or any kill, during the command's SIGTERM grace.
+def stubborn_holder_and_waiter(
+    farm: WorkerFarm, tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """app/0's rollingops-lock runs a command that ignores SIGTERM; app/1's waits behind it.
 
-    The worker has said ``lost`` and SIGTERMed the command, which ignores it; the worker dies
-    before its SIGKILL. Its key goes at the lease's expiry: the launcher must end the command
-    by then, though it was told already (before: it stopped listening after the notice, and
-    the command ran on under the next holder).
+    The command writes its pids to ``pids`` and ``told`` when it gets SIGTERM; app/1's command
+    writes to ``seen`` which of those still run when it starts.
     """
     first = lock_command(farm, "app/0", tmp_path)
     second = lock_command(farm, "app/1", tmp_path)
@@ -215,6 +216,21 @@ def test_a_worker_killed_while_its_stop_waits_for_the_command_leaves_nothing_run
         [str(second), "--timeout", "120", "--", PYTHON, "-c", LOOK, str(pids), str(seen)]
     )
     wait_until(lambda: waiting(farm, "app/1"), timeout=60, what="the other unit waiting")
+    return launcher, waiter
+
+
+def test_a_worker_killed_while_its_stop_waits_for_the_command_leaves_nothing_running(
+    farm, tmp_path
+):
+    """systemd's SIGKILL at TimeoutStopSec, or any kill, during the command's SIGTERM grace.
+
+    The worker has said ``lost`` and SIGTERMed the command, which ignores it; the worker dies
+    before its SIGKILL. Its key goes at the lease's expiry: the launcher must end the command
+    by then, though it was told already (before: it stopped listening after the notice, and
+    the command ran on under the next holder).
+    """
+    launcher, waiter = stubborn_holder_and_waiter(farm, tmp_path)
+    pids, told, seen = tmp_path / "pids", tmp_path / "told", tmp_path / "seen"
     farm.processes["app/0"].send_signal(signal.SIGTERM)
     wait_until(told.exists, timeout=30, what="the command told (SIGTERM) by the stopping worker")
     farm.processes["app/0"].kill()
@@ -241,17 +257,8 @@ def test_a_paused_worker_cannot_leave_its_command_running_past_the_hold_s_lease(
     (the worker renews that with each lease refresh) and ends the command before then (before:
     the command ran on under the next holder for as long as the worker stayed paused).
     """
-    first = lock_command(farm, "app/0", tmp_path)
-    second = lock_command(farm, "app/1", tmp_path)
-    pids, told, seen = tmp_path / "pids", tmp_path / "told", tmp_path / "seen"
-    launcher = subprocess.Popen(
-        [str(first), "--", PYTHON, "-c", STUBBORN, str(pids), str(told)], start_new_session=True
-    )
-    wait_until(pids.exists, timeout=60, what="the command running")
-    waiter = subprocess.Popen(
-        [str(second), "--timeout", "120", "--", PYTHON, "-c", LOOK, str(pids), str(seen)]
-    )
-    wait_until(lambda: waiting(farm, "app/1"), timeout=60, what="the other unit waiting")
+    launcher, waiter = stubborn_holder_and_waiter(farm, tmp_path)
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
     farm.processes["app/0"].send_signal(signal.SIGSTOP)
     try:
         assert waiter.wait(timeout=120) == 0
@@ -294,14 +301,8 @@ def test_a_launcher_paused_longer_than_the_ttl_lets_its_command_run_on(farm, tmp
     """
     command = lock_command(farm, "app/0", tmp_path)
     running, go = tmp_path / "running", tmp_path / "go"
-    wait_for_go = (
-        "import pathlib, sys, time\n"
-        "pathlib.Path(sys.argv[1]).write_text('running')\n"
-        "while not pathlib.Path(sys.argv[2]).exists():\n"
-        "    time.sleep(0.05)\n"
-    )
     launcher = subprocess.Popen(
-        [str(command), "--", PYTHON, "-c", wait_for_go, str(running), str(go)]
+        [str(command), "--", PYTHON, "-c", WAIT_FOR_GO, str(running), str(go)]
     )
     wait_until(running.exists, timeout=60, what="the command running")
     launcher.send_signal(signal.SIGSTOP)
