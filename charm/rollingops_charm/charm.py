@@ -51,8 +51,8 @@ from .paths import UnitPaths
 from .principal import PrincipalLink, subordinate_bag
 from .status import StatusInputs, unit_status
 from .unit_record import EtcdFailure, RecordStore, UnitRecord
+from .worker_lifecycle import NOTHING_RUNS, WorkerLifecycle
 from .worker_lifecycle import Outcome as WorkerOutcome
-from .worker_lifecycle import WorkerLifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class RollingOpsCharm(ops.CharmBase):
 
     def _on_etcd_broken(self, _: ops.EventBase) -> None:
         self._lifecycle().stop()
-        self._stored.worker_digest = ""
+        self._remember(NOTHING_RUNS)
         self._sync()
 
     def _on_stop(self, _: ops.EventBase) -> None:
@@ -238,6 +238,10 @@ class RollingOpsCharm(ops.CharmBase):
         )
         if outcome.waiting_for:
             logger.info("worker restart waits for %s", outcome.waiting_for)
+        self._remember(outcome)
+
+    def _remember(self, outcome: WorkerOutcome) -> None:
+        """Keep what the next hook's ``_drive_worker`` needs of this one."""
         self._stored.worker_digest = outcome.running_digest
         since = outcome.waiting_since
         self._stored.restart_waiting_since = since.isoformat() if since else ""
